@@ -1,0 +1,53 @@
+"""The ``fastmae`` command line.
+
+Each subcommand lives in the module that owns its job and exposes ``main(argv)``;
+this dispatcher imports that module only when its subcommand runs, so
+``fastmae --help`` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fastmae._version import __version__
+
+# name -> (module exposing ``main(argv) -> int``, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("fastmae.train.pretrain", "pretrain an MAE (official flag names)"),
+    "visualize": ("fastmae.train.visualize", "write masked | reconstruction | original triplets"),
+    "scan-dataset": ("fastmae.data.scan", "check every image of a dataset and write a clean file list"),
+    "make-dataset": ("fastmae.data.synthetic", "write the embedded synthetic ImageFolder dataset"),
+    "bench": ("fastmae.bench", "run the standard train-step comparison against the reference"),
+    "info": ("fastmae.info", "print versions and which op backends are available and chosen"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastmae",
+        description="Fast Masked Autoencoder pretraining of Vision Transformers.",
+        epilog="Run 'fastmae COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastmae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not args or args[0] not in SUBCOMMANDS:
+        parser.parse_args(args)  # handles --help / --version / unknown commands
+        parser.print_help()
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[args[0]][0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# README command 2: install fastmae for a CPU machine into .venv and run the tests.
+# Triton kernels run on CPU tensors through the interpreter (TRITON_INTERPRET=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q setuptools wheel
+python -m pip install -q torch==2.13.0          # the local CPU wheel: no CUDA wheels are pulled in
+python -m pip install -q --no-build-isolation -e ".[test]"
+ruff check .
+set +e
+TRITON_INTERPRET=1 python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests: treating that as a failure" >&2
+    exit 1
+fi
+exit "$status"
