@@ -362,7 +362,7 @@ def create_reference_model(name: str, **overrides: object) -> MaskedAutoencoderV
     return MaskedAutoencoderViT(**model_config(name, **overrides))  # type: ignore[arg-type]
 
 
-def _factory(name: str):  # noqa: ANN202 - builds the public factory functions below
+def _factory(name: str):
     def build(**overrides: object) -> MaskedAutoencoderViT:
         return create_reference_model(name, **overrides)
 

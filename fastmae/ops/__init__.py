@@ -1,0 +1,36 @@
+"""fastmae's fused masked-image-modeling ops.
+
+Imported lazily: ``from fastmae.ops import patchify_gather`` loads that op's module (and
+triton) only then, so ``import fastmae.ops`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module under fastmae.ops that defines it
+_EXPORTS: dict[str, str] = {
+    "MaskingResult": "masking",
+    "random_masking": "masking",
+    "patchify": "patchify",
+    "unpatchify": "patchify",
+    "patchify_gather": "patchify_gather",
+    "unshuffle_with_mask_token": "unshuffle",
+    "masked_mse_loss": "masked_mse_loss",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'fastmae.ops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fastmae.ops.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
