@@ -91,11 +91,16 @@ def check_images(
     return height // ph, width // pw
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Device equality where 'cuda' (no index) matches any 'cuda:i'."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def check_noise(noise: torch.Tensor, batch: int, num_patches: int, device: torch.device) -> None:
     check_tensor(noise, "noise")
     if tuple(noise.shape) != (batch, num_patches):
         raise ValueError(f"noise must have shape (N, L) = ({batch}, {num_patches}), got {tuple(noise.shape)}")
-    if noise.device != device:
+    if not same_device(noise.device, device):
         raise ValueError(f"noise must be on {device} like the images, got {noise.device}")
     if not noise.is_floating_point():
         raise TypeError(f"noise must be a floating-point tensor, got {noise.dtype}")
