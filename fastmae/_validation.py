@@ -40,11 +40,10 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     mask_ratio = check_mask_ratio(mask_ratio)
     keep = int(num_patches * (1 - mask_ratio))
     if not 1 <= keep <= num_patches - 1:
-        # valid ratios r satisfy 1 <= int(L(1-r)) <= L-1, i.e. 1/L <= r <= 1 - 1/L (up to rounding)
+        # K = int(L(1-r)) >= 1 needs r <= 1 - 1/L; K <= L-1 holds for every r > 0
         raise ValueError(
-            f"mask_ratio={mask_ratio} keeps {keep} of {num_patches} patches; at least 1 must be kept and "
-            f"at least 1 removed, so mask_ratio must lie in [{1 / num_patches:.6g}, {1 - 1 / num_patches:.6g}] "
-            f"for L={num_patches}"
+            f"mask_ratio={mask_ratio} keeps {keep} of {num_patches} patches; at least 1 must be kept and at least "
+            f"1 removed, so for L={num_patches} mask_ratio must be in (0, {1 - 1 / num_patches:.6g}]"
         )
     return keep
 
