@@ -23,6 +23,7 @@ from pathlib import Path
 from fastmae.data.files import FileSet, resolve_files, write_file_list
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+GRAY_FILL_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,17 @@ def _end_marker_problem(data: bytes, image_format: str) -> str | None:
         return "truncated: no JPEG end-of-image marker"
     if image_format == "PNG" and b"IEND" not in tail[-16:]:
         return "truncated: no PNG IEND chunk"
+    return None
+
+
+def _gray_fill_problem(image) -> str | None:
+    """libjpeg (PIL and DALI's CPU decoder alike) fills data missing before an end marker with flat
+    gray (128) instead of failing; a baseline JPEG cut and then closed shows as gray bottom rows."""
+    import numpy as np
+
+    bottom = np.asarray(image)[-GRAY_FILL_ROWS:]
+    if image.height > GRAY_FILL_ROWS and (bottom == 128).all():
+        return f"truncated: bottom {GRAY_FILL_ROWS}+ rows are decoder fill (flat gray 128)"
     return None
 
 
@@ -67,7 +79,7 @@ def check_image(path: str, full_decode: bool = False) -> ImageCheck:
     problem = _end_marker_problem(data, image_format)
     if problem is None and full_decode:
         try:
-            load_rgb(path)
+            problem = _gray_fill_problem(load_rgb(path))
         except OSError as error:
             problem = f"decode failed: {error.__cause__ or error}"
     notes = []
