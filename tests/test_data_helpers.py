@@ -17,8 +17,10 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
     target.mkdir(parents=True, exist_ok=True)
     pixels = synthetic_image(7, 0, (90, 120))
     jpeg = encode_jpeg(pixels)
-    paths = {kind: target / f"{kind}.JPEG" for kind in
-             ("ok", "gray", "cmyk", "png", "cut", "closed_cut", "corrupt", "empty")}
+    paths = {
+        kind: target / f"{kind}.JPEG"
+        for kind in ("ok", "gray", "cmyk", "png", "cut", "closed_cut", "corrupt", "empty")
+    }
     paths["ok"].write_bytes(jpeg)
     Image.fromarray(pixels).convert("L").save(paths["gray"], format="JPEG", quality=90)
     Image.fromarray(pixels).convert("CMYK").save(paths["cmyk"], format="JPEG", quality=90)

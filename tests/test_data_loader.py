@@ -129,12 +129,24 @@ def _windows_from_outputs(images: torch.Tensor, side: int = 256):
     rows = pixels[:, 1, :, out_w // 4 : -out_w // 4].mean(dim=2)  # green vs output row
     k = torch.arange(out_w, dtype=torch.float64)
     inner = slice(2, out_w - 2)  # the outermost columns feel the resampling filter's border
-    slope_x = torch.stack([torch.linalg.lstsq(torch.stack([k[inner], torch.ones_like(k[inner])], 1),
-                                              c[inner, None]).solution[0, 0] for c in cols])
+    slope_x = torch.stack(
+        [
+            torch.linalg.lstsq(
+                torch.stack([k[inner], torch.ones_like(k[inner])], 1), c[inner, None]
+            ).solution[0, 0]
+            for c in cols
+        ]
+    )
     k = torch.arange(out_h, dtype=torch.float64)
     inner = slice(2, out_h - 2)
-    slope_y = torch.stack([torch.linalg.lstsq(torch.stack([k[inner], torch.ones_like(k[inner])], 1),
-                                              r[inner, None]).solution[0, 0] for r in rows])
+    slope_y = torch.stack(
+        [
+            torch.linalg.lstsq(
+                torch.stack([k[inner], torch.ones_like(k[inner])], 1), r[inner, None]
+            ).solution[0, 0]
+            for r in rows
+        ]
+    )
     crop_w, crop_h = slope_x.abs() * out_w, slope_y * out_h
     return crop_w * crop_h / side**2, crop_w / crop_h, slope_x < 0
 
@@ -165,7 +177,9 @@ def test_crop_and_flip_statistics_match_mae(coordinates, backend):
 def test_crop_window_distribution_exact():
     """The host crop sampler itself, 20000 draws on a square and on a wide image."""
     rng = np.random.default_rng(0)
-    windows = np.array([random_resized_crop_window(rng, 400, 400, (0.2, 1.0), (3 / 4, 4 / 3)) for _ in range(20000)])
+    windows = np.array(
+        [random_resized_crop_window(rng, 400, 400, (0.2, 1.0), (3 / 4, 4 / 3)) for _ in range(20000)]
+    )
     top, left, h, w = windows.T
     area = h * w / 400**2
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 400).all() and (left + w <= 400).all()
@@ -179,7 +193,11 @@ def test_crop_window_distribution_exact():
     assert abs(centre.mean() - 0.5) < 0.01
     # a very wide image rarely fits: the fallback is a centred crop at the extreme allowed ratio
     assert random_resized_crop_window(np.random.default_rng(1), 10, 1000, (0.9, 1.0), (3 / 4, 4 / 3)) == (
-        0, 500 - 7, 10, 13)
+        0,
+        500 - 7,
+        10,
+        13,
+    )
 
 
 # ---------------------------------------------------------------- sharding, epochs, resume
@@ -266,8 +284,9 @@ def test_gray_cmyk_and_misnamed_png_come_out_rgb(bad_folder, backend):
     list_path = root / "awkward.txt"
     kinds = ["ok", "gray", "cmyk", "png"]
     write_file_list(list_path, FileSet(tuple(str(paths[k]) for k in kinds), (0, 1, 2, 3)))
-    images, labels = next(iter(_loader(None, backend, file_list=list_path, scale=(1, 1), ratio=(0.5, 2),
-                                       flip_prob=0.0)))
+    images, labels = next(
+        iter(_loader(None, backend, file_list=list_path, scale=(1, 1), ratio=(0.5, 2), flip_prob=0.0))
+    )
     pixels = _pixels(images)[labels.argsort()]
     assert images.shape == (4, 3, 32, 32)
     # the misnamed PNG holds the same picture as the JPEG; CMYK within JPEG error; gray has R == G == B
@@ -295,8 +314,21 @@ def test_closed_cut_jpeg_decodes_with_gray_fill(bad_folder, backend):
     root, paths = bad_folder
     list_path = root / "closed_cut.txt"
     write_file_list(list_path, FileSet((str(paths["closed_cut"]),), (0,)))
-    images, _ = next(iter(_loader(None, backend, batch_size=1, file_list=list_path, scale=(1, 1),
-                                  ratio=(0.5, 2), flip_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1))))
+    images, _ = next(
+        iter(
+            _loader(
+                None,
+                backend,
+                batch_size=1,
+                file_list=list_path,
+                scale=(1, 1),
+                ratio=(0.5, 2),
+                flip_prob=0.0,
+                mean=(0, 0, 0),
+                std=(1, 1, 1),
+            )
+        )
+    )
     bottom = images[0, :, -4:] * 255
     assert (bottom - 128).abs().max() < 2
 
@@ -342,7 +374,9 @@ def test_dali_missing_gives_install_hint(photos, monkeypatch):
 
 
 def test_import_is_light():
-    code = ("import sys, fastmae.data; assert 'nvidia.dali' not in sys.modules; "
-            "assert 'PIL.Image' not in sys.modules; print(fastmae.data.IMAGENET_MEAN)")
+    code = (
+        "import sys, fastmae.data; assert 'nvidia.dali' not in sys.modules; "
+        "assert 'PIL.Image' not in sys.modules; print(fastmae.data.IMAGENET_MEAN)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
