@@ -380,3 +380,13 @@ def test_import_is_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_bad_file_in_a_worker_process_raises_not_hangs(bad_folder):
+    root, paths = bad_folder
+    list_path = root / "worker_corrupt.txt"
+    write_file_list(list_path, FileSet((str(paths["ok"]), str(paths["corrupt"])) * 2, (0, 1, 0, 1)))
+    loader = _loader(None, "torch", batch_size=2, file_list=list_path, num_workers=2)
+    with pytest.raises(OSError, match=r"corrupt\.JPEG"):
+        list(loader)
