@@ -7,9 +7,9 @@
 - ``fastmae``: fastmae's own training step (fused ops, compiled forward+backward, fused AdamW,
   no host sync).
 
-Each provider is built on a fixed batch and returns a ``step()`` closure doing one full
-optimizer step. On CPU, fp16 autocast is replaced by fp32 (CPU fp16 matmuls are emulated) and
-compilation is opt-in; the row's ``precision`` says what ran.
+Each provider returns a ``step(imgs)`` closure doing one full optimizer step on a batch. On
+CPU, fp16 autocast is replaced by fp32 (CPU fp16 matmuls are emulated) and compilation is
+opt-in; the row's ``precision`` says what ran.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ PROVIDERS = ("reference-published", "reference-modern", "fastmae")
 
 @dataclass
 class BuiltStep:
-    step: Callable[[], None]
+    step: Callable[[torch.Tensor], None]
     precision: str
     compiled: bool
 
@@ -35,23 +35,22 @@ def _check_provider(name: str) -> None:
 
 
 def build_step(
-    provider: str, model_name: str, imgs: torch.Tensor, *, mask_ratio: float = 0.75, compile_model: bool,
+    provider: str, model_name: str, device: torch.device, *, mask_ratio: float = 0.75, compile_model: bool,
     norm_pix_loss: bool = True,
 ) -> BuiltStep:
-    """One optimizer step of ``provider`` on the fixed batch ``imgs`` (N, C, H, W)."""
+    """``provider``'s optimizer step for ``model_name`` on ``device``: ``step(imgs (N, C, H, W))``."""
     _check_provider(provider)
     if provider == "fastmae":
-        return _fastmae_step(model_name, imgs, mask_ratio, compile_model, norm_pix_loss)
-    return _reference_step(provider, model_name, imgs, mask_ratio, compile_model, norm_pix_loss)
+        return _fastmae_step(model_name, device, mask_ratio, compile_model, norm_pix_loss)
+    return _reference_step(provider, model_name, device, mask_ratio, compile_model, norm_pix_loss)
 
 
 def _reference_step(
-    provider: str, model_name: str, imgs: torch.Tensor, mask_ratio: float, compile_model: bool, norm_pix: bool
+    provider: str, model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
 ) -> BuiltStep:
     from fastmae.reference import create_reference_model
     from fastmae.train.optim import param_groups
 
-    device = imgs.device
     published = provider == "reference-published"
     model = create_reference_model(
         model_name, attn_impl="math" if published else "sdpa", norm_pix_loss=norm_pix
@@ -65,7 +64,7 @@ def _reference_step(
     compiled = compile_model and not published
     forward = torch.compile(model) if compiled else model
 
-    def step() -> None:
+    def step(imgs: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, _, _ = forward(imgs, mask_ratio)
         loss.item()  # the official loop reads the loss every step (a host sync)
@@ -78,14 +77,13 @@ def _reference_step(
 
 
 def _fastmae_step(
-    model_name: str, imgs: torch.Tensor, mask_ratio: float, compile_model: bool, norm_pix: bool
+    model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
 ) -> BuiltStep:
     from fastmae.train.step import build_train_step
 
-    device = imgs.device
     precision = "bf16"
     train_step = build_train_step(
         model_name, device=device, precision=precision, compile_model=compile_model, norm_pix_loss=norm_pix,
         mask_ratio=mask_ratio,
     )
-    return BuiltStep(lambda: train_step(imgs), precision, compile_model)
+    return BuiltStep(train_step, precision, compile_model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,8 +39,8 @@ def measure_provider(
 ) -> dict[str, Any]:
     device = imgs.device
     reset_peak_memory(device)
-    built = build_step(provider, model_name, imgs, compile_model=compile_model)
-    times = time_calls(built.step, device, warmup=warmup, iters=iters)
+    built = build_step(provider, model_name, device, compile_model=compile_model)
+    times = time_calls(partial(built.step, imgs), device, warmup=warmup, iters=iters)
     result = {"times": times, "peak_mem_bytes": peak_memory_bytes(device), "precision": built.precision,
               "compiled": built.compiled}
     del built
