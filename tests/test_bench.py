@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -52,3 +53,21 @@ def test_train_step_benchmark_smoke_on_cpu(tmp_path) -> None:
     assert len(plots) == 2
     for path in plots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_end_to_end_benchmark_smoke_on_cpu(tmp_path) -> None:
+    from fastmae.bench.end_to_end import ensure_dataset, run
+
+    data = ensure_dataset(tmp_path / "data", 12, (24, 40), workers=1)
+    configs = [("fastmae", "torch"), ("reference-modern", "torch")]
+    if importlib.util.find_spec("nvidia.dali") is not None:
+        configs.append(("fastmae", "dali"))
+    rows = run("mae_vit_test", data, 2, torch.device("cpu"), configs=configs, steps=2, warmup=1, num_workers=0,
+               compile_model=False)
+    assert [(r["provider"], r["loader"]) for r in rows] == configs
+    for row in rows:
+        assert row["steps"] == 2 and row["img_per_s"] > 0 and 0 <= row["data_wait_share"] < 1
+        assert row["speedup_vs_reference-modern"] > 0
+    with pytest.raises(ValueError, match="need warmup \\+ steps = 9"):
+        run("mae_vit_test", data, 2, torch.device("cpu"), configs=configs[:1], steps=8, warmup=1, num_workers=0,
+            compile_model=False)
