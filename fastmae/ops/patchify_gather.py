@@ -155,9 +155,9 @@ def _patchify_scatter_kernel(
     b = (row // num_keep).to(tl.int64)
     k = (row % num_keep).to(tl.int64)
     src = b * grad_stride_b + k * grad_stride_k + elem.to(tl.int64) * grad_stride_e
-    grad = tl.load(grad_ptr + src, mask=in_patch)
-    # + 0.0 turns -0.0 into +0.0, as autograd's zeros + scatter_add does
-    tl.store(grad_img_ptr + dst, grad + 0.0, mask=in_patch)
+    grad = tl.load(grad_ptr + src, mask=in_patch).to(tl.float32)  # exact; compares bf16 right in the interpreter
+    # store -0.0 as +0.0, as autograd's zeros + scatter_add does (bitwise equal gradients)
+    tl.store(grad_img_ptr + dst, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -219,6 +219,21 @@ def _launch(
     )
 
 
+def _run_kernels(tensor: torch.Tensor) -> bool:
+    """Take the Triton branch for ``tensor``: use_triton, except when tracing interpreted kernels.
+
+    Under TRITON_INTERPRET=1 ``wrap_triton`` returns the bare interpreted kernel, which cannot run on the
+    fake/functional tensors of torch.compile or opcheck's fake checks; those traces take the torch branch
+    (bitwise the same result). On CUDA the kernel itself is traced into the graph.
+    """
+    if not use_triton(tensor.device):
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return not (isinstance(_patchify_gather_kernel, InterpretedFunction) and is_fake(tensor))
+
+
 # ----------------------------------------------------------------------------- torch path
 
 
@@ -246,7 +261,7 @@ def _grid_index(image_shape: Sequence[int], patch: Sequence[int], ids_keep: torc
 @triton_op("fastmae::patchify_gather", mutates_args=())
 def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
     out_shape = (*ids_keep.shape, math.prod(patch_size) * imgs.shape[1])
-    if use_triton(imgs.device):
+    if _run_kernels(imgs):
         out = new_output(out_shape, imgs.dtype, imgs.device)
         _launch(_patchify_gather_kernel, imgs, ids_keep, out, imgs, patch_size)
         return out
@@ -260,7 +275,7 @@ def _patchify_gather_backward_op(
     grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
 ) -> torch.Tensor:
     grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
-    if use_triton(grad_patches.device):
+    if _run_kernels(grad_patches):
         _launch(
             _patchify_scatter_kernel, grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size,
             tuple(grad_patches.stride()),
