@@ -40,11 +40,11 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     mask_ratio = check_mask_ratio(mask_ratio)
     keep = int(num_patches * (1 - mask_ratio))
     if not 1 <= keep <= num_patches - 1:
-        # valid ratios r satisfy 1 <= int(L(1-r)) <= L-1, i.e. 1/L <= r <= 1 - 1/L (up to rounding)
+        # int(L(1-r)) >= 1 iff r <= 1 - 1/L; int(L(1-r)) <= L-1 iff 1 - r < 1, i.e. r > 0 (in floating point)
         raise ValueError(
             f"mask_ratio={mask_ratio} keeps {keep} of {num_patches} patches; at least 1 must be kept and "
-            f"at least 1 removed, so mask_ratio must lie in [{1 / num_patches:.6g}, {1 - 1 / num_patches:.6g}] "
-            f"for L={num_patches}"
+            f"at least 1 removed, so mask_ratio must lie in (0, ~{1 - 1 / num_patches:.6g}] for L={num_patches} "
+            f"(int(L * (1 - mask_ratio)) in floating point must be in [1, L-1])"
         )
     return keep
 
