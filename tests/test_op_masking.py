@@ -45,7 +45,7 @@ def test_smallest_noise_is_kept() -> None:
     assert result.mask.tolist() == [[1.0, 0.0, 1.0, 0.0]]
 
 
-@pytest.mark.parametrize(("mask_ratio", "keeps"), [(0.9, 0), (0.95, 0), (1e-20, 10)]  # 0.9: int(10 * 0.0999..) = 0)
+@pytest.mark.parametrize(("mask_ratio", "keeps"), [(0.9, 0), (0.95, 0), (1e-20, 10)])  # 0.9: int(10 * 0.0999..) = 0
 def test_ratio_keeping_none_or_all_raises_with_valid_range(mask_ratio: float, keeps: int) -> None:
     with pytest.raises(ValueError, match=rf"keeps {keeps} of 10 patches.* must lie in \(0, ~0\.9\] for L=10"):
         random_masking(2, 10, mask_ratio)
