@@ -54,6 +54,7 @@ def unshuffle_fwd_kernel(
     out_offsets = (b * num_rows + rows[:, None]) * width + cols[None, :]
     tl.store(out_ptr + out_offsets, val, mask=tile_ok)
 
+
 @triton.jit
 def unshuffle_bwd_kernel(
     grad_ptr, ids_ptr, grad_x_ptr, mask_partial_ptr, pos_partial_ptr,

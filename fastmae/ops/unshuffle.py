@@ -132,7 +132,6 @@ def _unshuffle_backward_op(
     batch, num_rows, width = grad_out.shape
     device = grad_out.device
     need_x, need_mask, need_pos = needs_grad[0], needs_grad[1], needs_grad[2] and pos_embed_dtype is not None
-    empty = torch.empty(0, dtype=grad_out.dtype, device=device)
     if use_triton(device):
         samples = min(batch, _BWD_SAMPLES_PER_PROGRAM)
         chunks = -(-batch // samples)
@@ -156,9 +155,12 @@ def _unshuffle_backward_op(
             mask_sum = torch.where(masked, grad_out[:, 1:].to(torch.float32), 0.0).sum(dim=(0, 1))
         if need_pos:
             pos_sum = grad_out.to(torch.float32).sum(dim=0)
-    grad_mask = mask_sum.to(mask_token_dtype).view(1, 1, width) if mask_sum is not None else empty
-    grad_pos = pos_sum.to(pos_embed_dtype).unsqueeze(0) if pos_sum is not None else empty
-    return (grad_x if grad_x is not None else empty), grad_mask, grad_pos
+    def empty() -> torch.Tensor:  # a fresh one per unneeded gradient: op outputs must not alias
+        return torch.empty(0, dtype=grad_out.dtype, device=device)
+
+    grad_mask = mask_sum.to(mask_token_dtype).view(1, 1, width) if mask_sum is not None else empty()
+    grad_pos = pos_sum.to(pos_embed_dtype).unsqueeze(0) if pos_sum is not None else empty()
+    return (grad_x if grad_x is not None else empty()), grad_mask, grad_pos
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
@@ -251,6 +253,6 @@ def unshuffle_with_mask_token(
     dtypes. Differentiable in x_vis, mask_token and pos_embed.
     """
     _check_inputs(x_vis, mask_token, ids_restore, pos_embed)
-    if debug_checks_enabled():
+    if debug_checks_enabled() and not torch.compiler.is_compiling():  # value checks cannot be traced
         _check_ids_restore_values(ids_restore)
     return resolve_op("unshuffle_with_mask_token", x_vis.device)(x_vis, mask_token, ids_restore, pos_embed)
