@@ -214,7 +214,7 @@ def test_non_contiguous_inputs(backend: str) -> None:
     length, dim = gh * gw, p * p * 3
     imgs_storage = torch.randn(batch, 3, gw * p, gh * p)
     imgs = imgs_storage.transpose(2, 3)  # (B, C, H, W) with swapped strides
-    ids_shuffle, ids_restore, mask = _masking(batch, length, keep)
+    _, ids_restore, mask = _masking(batch, length, keep)
     pred_storage = torch.randn(batch, dim, length - keep)
     pred = pred_storage.transpose(1, 2).requires_grad_()  # stride 1 along rows, not along D
     assert not pred.is_contiguous() and not imgs.is_contiguous()

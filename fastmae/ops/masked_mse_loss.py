@@ -47,6 +47,7 @@ __all__ = ["masked_mse_loss"]
 
 DEFAULT_EPS = 1e-6
 _TILE_ELEMENTS = 4096  # BLOCK_R * BLOCK_D per program: a 4 x 1024 fp32 tile for ViT-B/L patches
+_MAX_BLOCK_D = 16384  # a whole row lives in registers (a video tubelet 2x16x16x3 is 1536)
 
 
 # --------------------------------------------------------------------------------------
@@ -373,6 +374,8 @@ def _loss_bwd_kernel(
 def _blocks(lay: _Layout) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_D): a power of 2 >= D wide, about _TILE_ELEMENTS elements per program."""
     block_d = triton.next_power_of_2(lay.dim)
+    if block_d > _MAX_BLOCK_D:
+        raise ValueError(f"pred last dim D = {lay.dim} is larger than the kernels' one-tile limit {_MAX_BLOCK_D}")
     block_r = max(1, min(triton.next_power_of_2(lay.rows), _TILE_ELEMENTS // block_d))
     return block_r, block_d
 
