@@ -232,6 +232,23 @@ def test_non_contiguous_inputs(backend: str) -> None:
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_dtypes_int32_ids_and_expanded_grad(backend: str) -> None:
+    """bf16 pred on fp32 images (autocast), int32 ids, and a gradient that reaches the op through .sum()."""
+    batch, p, gh, gw, keep = 2, 4, 2, 3, 2
+    imgs = torch.randn(batch, 3, gh * p, gw * p)
+    ids_shuffle, ids_restore, mask = _masking(batch, gh * gw, keep)
+    pred_full = torch.randn(batch, gh * gw, p * p * 3).to(torch.bfloat16)
+    pred = _rows(pred_full, ids_shuffle[:, keep:]).requires_grad_()
+    loss = masked_mse_loss(pred, imgs, ids_restore.to(torch.int32), p, norm_pix=True)
+    torch.stack([loss, loss]).sum().backward()  # the loss's gradient is 2, built from an expanded tensor
+    exact_pred = pred_full.double().requires_grad_()
+    exact = reference.mae_loss(imgs.double(), exact_pred, mask.double(), p, True)
+    (2 * exact).backward()
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-5, atol=1e-6)
+    want = _rows(exact_pred.grad, ids_shuffle[:, keep:])
+    torch.testing.assert_close(pred.grad.double(), want, rtol=1e-2, atol=_grad_atol(want, torch.bfloat16))
+
+
 @pytest.mark.parametrize("bad", ["out_of_range", "repeated"])
 def test_debug_mode_rejects_bad_ids(backend: str, bad: str) -> None:
     _, ids_restore, _ = _masking(2, 6, 2)
