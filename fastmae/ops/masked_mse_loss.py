@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -540,14 +540,14 @@ def _masked_mse_loss_backward_op(
     return grad_pred, grad_source
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps = inputs
     ctx.save_for_backward(pred, imgs, ids_restore, mask, target, sample_weight)
     ctx.patch_size, ctx.norm_pix, ctx.eps = list(patch_size), norm_pix, eps
     ctx.source_index = 1 if imgs is not None else 4
 
 
-def _backward(ctx, grad_loss: torch.Tensor):
+def _backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     pred, imgs, ids_restore, mask, target, sample_weight = ctx.saved_tensors
     source_grad = bool(ctx.needs_input_grad[ctx.source_index])
     grad_pred, grad_source = torch.ops.fastmae.masked_mse_loss_backward(
