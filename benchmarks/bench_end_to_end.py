@@ -17,10 +17,8 @@ from pathlib import Path
 import torch
 
 from fastmae.bench.end_to_end import default_configs, ensure_dataset, run
-from fastmae.bench.record import append_jsonl, environment, markdown_table
-
-COLUMNS = ("model", "provider", "loader", "batch", "num_workers", "img_per_s", "compute_img_per_s",
-           "data_wait_share", "data_bound", "speedup_vs_reference-modern")
+from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.report import COLUMNS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="e.g. fastmae:dali reference-modern:torch (default: all that can run here)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end.jsonl")
+    parser.add_argument("--out", type=Path, default=default_results_path("end_to_end"),
+                        help="JSON-lines file to append to (default benchmarks/results/end_to_end.jsonl)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -52,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = [tuple(c.split(":", 1)) for c in args.configs] if args.configs else default_configs()
     rows = run(model, data_path, batch, device, configs=configs, steps=steps, warmup=warmup,
                num_workers=args.num_workers, compile_model=on_gpu if args.compile is None else args.compile)
-    rows = [{**environment(device), **row} for row in rows]
+    env = environment(device, argv)
+    rows = [{**env, **row} for row in rows]
     append_jsonl(rows, args.out)
-    print(markdown_table(rows, COLUMNS))
+    print(markdown_table(rows, COLUMNS["end_to_end"]))
     return 0
 
 

@@ -13,8 +13,8 @@ under autocast.
 GB/s counts the bytes each op must move (the same count for every provider, so the reference's extra
 traffic shows as a lower rate); see each ``build_*`` function. An op whose fastmae implementation is
 not importable yet is reported as skipped. A ``native`` provider runs when fastmae's native extension
-is built (FASTMAE_BACKEND=native). Writes JSON lines (one row per op x size x provider x pass) to
-benchmarks/results/ (or --out) and prints a markdown table.
+is built (FASTMAE_BACKEND=native). Appends JSON lines (one row per op x size x provider x pass,
+``bench`` = "ops") to benchmarks/results/ops.jsonl (or --out) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -33,16 +33,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``fastmae`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (
-    default_results_path,
-    environment_record,
-    markdown_table,
-    median_ms,
-    peak_memory_bytes,
-    synchronize,
-    write_jsonl,
-)
 from fastmae import reference
+from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.report import COLUMNS
+from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline
 from fastmae.ops.masking import random_masking
 
 OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss")
@@ -268,7 +262,8 @@ def run_case(
         for pass_name in PASSES:
             moved = case.bytes_fwd + (case.bytes_bwd if pass_name == "fwd+bwd" else 0)
             row: dict[str, Any] = {
-                "op": case.op, "size": size.name, "provider": provider, "pass": pass_name, "dtype": str(dtype),
+                "bench": "ops", "op": case.op, "size": size.name, "provider": provider, "pass": pass_name,
+                "dtype": str(dtype),
                 "batch": size.batch, "num_patches": size.num_patches, "num_keep": size.num_keep,
                 "patch_size": size.patch, "decoder_dim": size.decoder_dim, "bytes": moved,
                 "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok", "reason": None,
@@ -279,25 +274,19 @@ def run_case(
                 continue
             with _backend(backend):
                 fn = pass_fn(impl, pass_name)
-                ms = median_ms(fn, device, warmup=warmup, reps=reps)
-                peak = peak_memory_bytes(fn, device)
-                synchronize(device)
+                ms = op_median_ms(fn, device, warmup=warmup, iters=reps)
+                peak = peak_memory_above_baseline(fn, device)
             row.update(median_ms=ms, gbps=moved / (ms * 1e-3) / 1e9, peak_mem_bytes=peak)
             rows.append(row)
     return rows
-
-
-TABLE_COLUMNS = (
-    ("op", "op"), ("size", "size"), ("pass", "pass"), ("provider", "provider"), ("median_ms", "median ms"),
-    ("gbps", "GB/s"), ("peak_mib", "peak MiB"), ("status", "status"),
-)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes (the default without CUDA)")
     parser.add_argument("--ops", nargs="+", choices=OP_NAMES, default=list(OP_NAMES))
-    parser.add_argument("--out", type=Path, default=None, help="JSON-lines file (default benchmarks/results/...)")
+    parser.add_argument("--out", type=Path, default=default_results_path("ops"),
+                        help="JSON-lines file to append to (default benchmarks/results/ops.jsonl)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--compile", action="store_true", help="also torch.compile(reference) on CPU")
@@ -313,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     tiny = args.tiny or device.type != "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     compile_reference = device.type == "cuda" or args.compile
-    env = environment_record(device, argv)
+    env = environment(device, argv)
     rows = []
     for size in TINY_SIZES if tiny else GPU_SIZES:
         for op in args.ops:
@@ -323,12 +312,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 case, size, device, dtype, compile_reference=compile_reference, warmup=args.warmup, reps=args.reps
             ):
                 rows.append({**env, **row})
-    path = write_jsonl(rows, args.out or default_results_path("bench_ops"))
-    table_rows = [
-        {**row, "peak_mib": None if row["peak_mem_bytes"] is None else row["peak_mem_bytes"] / 2**20} for row in rows
-    ]
+    path = append_jsonl(rows, args.out)
     print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['git_commit']}")
-    print(markdown_table(table_rows, TABLE_COLUMNS))
+    print(markdown_table(rows, COLUMNS["ops"]))
     print(f"wrote {len(rows)} rows to {path}")
     return rows
 

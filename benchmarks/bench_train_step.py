@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from fastmae.bench.cli import TABLE_COLUMNS
 from fastmae.bench.providers import PROVIDERS
-from fastmae.bench.record import append_jsonl, environment, markdown_table
+from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.report import COLUMNS
 from fastmae.bench.train_step import largest_batch, run
 
 GPU_MODELS = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14")
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--max-batch", action="store_true", help="also find each provider's largest batch (CUDA)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.jsonl")
+    parser.add_argument("--out", type=Path, default=default_results_path("train_step"),
+                        help="JSON-lines file to append to (default benchmarks/results/train_step.jsonl)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -51,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_batch and on_gpu:
         rows += [largest_batch(p, m, device, compile_model=args.compile is not False)
                  for m in models for p in args.providers]
-    env = environment(device)
+    env = environment(device, argv)
     rows = [{**env, **row} for row in rows]
     append_jsonl(rows, args.out)
-    print(markdown_table([r for r in rows if r["bench"] == "train_step"], TABLE_COLUMNS))
+    for kind in ("train_step", "max_batch"):
+        kind_rows = [r for r in rows if r["bench"] == kind]
+        if kind_rows:
+            print(markdown_table(kind_rows, COLUMNS[kind]))
     print(f"{len(rows)} rows appended to {args.out}")
     return 0
 

@@ -9,9 +9,7 @@ import torch
 
 from fastmae.bench.providers import PROVIDERS
 from fastmae.bench.record import append_jsonl, environment, markdown_table
-
-TABLE_COLUMNS = ("model", "provider", "batch", "precision", "img_per_s", "step_ms", "peak_mem_bytes", "mfu",
-                 "speedup_vs_reference-published", "speedup_vs_reference-modern")
+from fastmae.bench.report import COLUMNS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         iters=args.iters if args.iters is not None else (20 if on_gpu else 3),
         repeats=args.repeats, compile_model=args.compile,
     )
-    env = environment(device)
+    env = environment(device, argv)
     rows = [{**env, **row} for row in rows]
     print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']}")
-    print(markdown_table(rows, TABLE_COLUMNS))
+    print(markdown_table(rows, COLUMNS["train_step"]))
     if args.out:
         print(f"rows appended to {append_jsonl(rows, args.out)}")
     return 0

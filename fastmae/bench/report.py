@@ -8,14 +8,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastmae.bench.record import markdown_table, read_jsonl
+from fastmae.bench.record import default_results_dir, markdown_table, read_jsonl
 
-ENV_KEYS = ("device", "torch", "triton", "cuda", "fastmae", "python", "git_commit", "date", "command")
+ENV_KEYS = ("device", "device_type", "torch", "triton", "cuda", "fastmae", "python", "git_commit", "date",
+            "command")
+# The table columns of each benchmark kind (the ``bench`` field of a row); the scripts print the same tables.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "train_step": ("model", "provider", "batch", "precision", "img_per_s", "peak_mem_bytes", "mfu",
+    "ops": ("op", "size", "pass", "provider", "dtype", "median_ms", "gbps", "peak_mem_bytes", "status"),
+    "loader": ("backend", "decode", "device_type", "threads", "batch_size", "input_size", "dtype", "images",
+               "seconds", "images_per_s"),
+    "train_step": ("model", "provider", "batch", "precision", "img_per_s", "step_ms", "peak_mem_bytes", "mfu",
                    "speedup_vs_reference-published", "speedup_vs_reference-modern",
                    "mem_ratio_vs_reference-published"),
     "max_batch": ("model", "provider", "batch", "fits", "img_per_s", "peak_mem_bytes"),
+    "end_to_end": ("model", "provider", "loader", "batch", "num_workers", "img_per_s", "compute_img_per_s",
+                   "data_wait_share", "data_bound", "speedup_vs_reference-modern"),
 }
 
 
@@ -94,8 +101,9 @@ def plot_train_step(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--results", type=Path, default=default_results_dir(), help="default: benchmarks/results")
+    parser.add_argument("--out", type=Path, default=default_results_dir().parent / "RESULTS.md",
+                        help="default: benchmarks/RESULTS.md")
     parser.add_argument("--plots", type=Path, default=None, help="plot folder (default: the results folder)")
     args = parser.parse_args(argv)
     rows = load_rows(args.results)

@@ -44,6 +44,22 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def op_median_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, iters: int = 10) -> float:
+    """Median milliseconds per call of a short op.
+
+    CUDA: ``triton.testing.do_bench`` (it flushes the L2 cache between calls and picks its own
+    warm-up and repetitions); without triton, and on CPU, the median of ``time_calls``.
+    """
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+        except ImportError:
+            pass
+        else:
+            return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return median(time_calls(fn, device, warmup=warmup, iters=iters)) * 1e3
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -56,6 +72,17 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return None
+
+
+def peak_memory_above_baseline(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes one call of ``fn`` allocates above what was allocated before it (CUDA); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    reset_peak_memory(device)
+    baseline = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device)) - baseline
 
 
 def matmul_peak_tflops(device: torch.device, *, size: int | None = None) -> tuple[float, str]:
