@@ -14,11 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from fastmae.bench.end_to_end import default_configs, ensure_dataset, run
-from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
+from fastmae.bench.timing import pick_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="e.g. fastmae:dali reference-modern:torch (default: all that can run here)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=default_results_path("end_to_end"),
-                        help="JSON-lines file to append to (default benchmarks/results/end_to_end.jsonl)")
+    add_out_argument(parser, "end_to_end")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     model = args.model or ("mae_vit_base_patch16" if on_gpu else "mae_vit_test")
     batch = args.batch or (256 if on_gpu else 4)

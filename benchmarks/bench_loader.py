@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make ``fastmae`` importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastmae.bench.loader import measure
-from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
 from fastmae.data import make_dataset
 
@@ -41,8 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     parser.add_argument("--backends", nargs="+", default=["torch", "dali"], choices=["torch", "dali"])
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--out", type=Path, default=default_results_path("loader"),
-                        help="JSON-lines file to append to (default benchmarks/results/loader.jsonl)")
+    add_out_argument(parser, "loader")
     args = parser.parse_args(argv)
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32

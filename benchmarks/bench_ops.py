@@ -11,9 +11,8 @@ on CPU by default); parameters (mask_token, decoder_pos_embed) and the loss's im
 under autocast.
 
 GB/s counts the bytes each op must move (the same count for every provider, so the reference's extra
-traffic shows as a lower rate); see each ``build_*`` function. An op whose fastmae implementation is
-not importable yet is reported as skipped. A ``native`` provider runs when fastmae's native extension
-is built (FASTMAE_BACKEND=native). Appends JSON lines (one row per op x size x provider x pass,
+traffic shows as a lower rate); see each ``build_*`` function. A ``native`` provider runs when fastmae's
+native extension is built (FASTMAE_BACKEND=native). Appends JSON lines (one row per op x size x provider x pass,
 ``bench`` = "ops") to benchmarks/results/ops.jsonl (or --out) and prints a markdown table.
 """
 
@@ -34,9 +33,9 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``fast
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastmae import reference
-from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
-from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline
+from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline, pick_device
 from fastmae.ops.masking import random_masking
 
 OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss")
@@ -90,20 +89,9 @@ class Implementation:
 class Case:
     op: str
     reference: Implementation
-    fastmae: Implementation | None  # None: fastmae's op is not importable (skip_reason says why)
+    fastmae: Implementation
     bytes_fwd: int
     bytes_bwd: int
-    skip_reason: str | None = None
-
-
-def _fastmae_op(name: str) -> tuple[Callable[..., torch.Tensor] | None, str | None]:
-    """The functional op, imported lazily: ops still on other branches are skipped, not fatal."""
-    import fastmae.ops
-
-    try:
-        return getattr(fastmae.ops, name), None
-    except (ImportError, AttributeError) as error:
-        return None, f"fastmae.ops.{name} not importable: {error}"
 
 
 def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
@@ -111,25 +99,25 @@ def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
 
 
 def build_patchify_gather(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """Bytes: fwd reads the K kept patches and ids, writes (B,K,P); bwd reads grad (B,K,P), writes grad imgs."""
-    b, k, p, patch_dim = size.batch, size.num_keep, size.patch, size.patch_dim
-    imgs = torch.randn(b, size.channels, size.img_size, size.img_size, device=device, dtype=dtype, requires_grad=True)
+    """Bytes: fastmae.ops.patchify_gather.bytes_moved (fwd: the K kept patches, ids and the (B,K,P) output;
+    bwd: grad (B,K,P), ids and the whole grad imgs)."""
+    from fastmae.ops.patchify_gather import bytes_moved, patchify_gather
+
+    k, p = size.num_keep, size.patch
+    imgs = torch.randn(size.batch, size.channels, size.img_size, size.img_size, device=device, dtype=dtype,
+                       requires_grad=True)
     ids_keep = _masking(size, device).ids_keep
-    elem = imgs.element_size()
 
     def reference_fn(imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         patches = reference.patchify(imgs, p)
         return torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
 
-    op, reason = _fastmae_op("patchify_gather")
-    fast = Implementation(op, (imgs, ids_keep, p), (imgs,)) if op is not None else None
     return Case(
         "patchify_gather",
         Implementation(reference_fn, (imgs, ids_keep), (imgs,)),
-        fast,
-        bytes_fwd=2 * b * k * patch_dim * elem + b * k * INDEX_BYTES,
-        bytes_bwd=b * k * patch_dim * elem + imgs.numel() * elem + b * k * INDEX_BYTES,
-        skip_reason=reason,
+        Implementation(patchify_gather, (imgs, ids_keep, p), (imgs,)),
+        bytes_fwd=bytes_moved(imgs.shape, k, p, dtype, backward=False),
+        bytes_bwd=bytes_moved(imgs.shape, k, p, dtype, backward=True),
     )
 
 
@@ -147,6 +135,8 @@ def reference_decoder_input(
 def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
     """Bytes: fwd reads x_vis, ids, pos embed, mask token, writes (B,1+L,d) in the promoted dtype; bwd reads
     grad_out and ids, writes grad x_vis and grad mask_token (the pos embed is frozen, as in MAE)."""
+    from fastmae.ops.unshuffle import unshuffle_with_mask_token
+
     b, length, k, d = size.batch, size.num_patches, size.num_keep, size.decoder_dim
     x_vis = torch.randn(b, 1 + k, d, device=device, dtype=dtype, requires_grad=True)
     mask_token = (0.02 * torch.randn(1, 1, d, device=device)).requires_grad_()
@@ -155,16 +145,14 @@ def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: tor
     ids_restore = _masking(size, device).ids_restore
     elem, out_elem = x_vis.element_size(), torch.promote_types(dtype, torch.float32).itemsize
     args = (x_vis, mask_token, ids_restore, pos_embed)
-    op, reason = _fastmae_op("unshuffle_with_mask_token")
     return Case(
         "unshuffle_with_mask_token",
         Implementation(reference_decoder_input, args, (x_vis, mask_token)),
-        Implementation(op, args, (x_vis, mask_token)) if op is not None else None,
+        Implementation(unshuffle_with_mask_token, args, (x_vis, mask_token)),
         bytes_fwd=b * (1 + k) * d * elem + b * length * INDEX_BYTES + (2 + length) * d * PARAM_BYTES
         + b * (1 + length) * d * out_elem,
         bytes_bwd=b * (1 + length) * d * out_elem + b * length * INDEX_BYTES + b * (1 + k) * d * elem
         + d * PARAM_BYTES,
-        skip_reason=reason,
     )
 
 
@@ -172,6 +160,8 @@ def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) 
     """Reference: mae_loss on the full pred (B,L,P); fastmae: pred of the removed patches only, (B,L-K,P) in
     shuffled order (ids_shuffle[:, K:]), norm_pix on. Bytes: fwd reads pred and image pixels of the removed
     patches and ids; bwd reads them again and writes grad pred (B,L-K,P)."""
+    from fastmae.ops.masked_mse_loss import masked_mse_loss
+
     b, length, k, p, patch_dim = size.batch, size.num_patches, size.num_keep, size.patch, size.patch_dim
     imgs = torch.randn(b, size.channels, size.img_size, size.img_size, device=device)
     masking = _masking(size, device)
@@ -186,18 +176,14 @@ def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) 
         return reference.mae_loss(imgs, pred, mask, p, True)
 
     def fastmae_fn(pred: torch.Tensor, imgs: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        return op(pred, imgs, ids_restore, p, norm_pix=True)
+        return masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
 
-    op, reason = _fastmae_op("masked_mse_loss")
     return Case(
         "masked_mse_loss",
         Implementation(reference_fn, (imgs, pred_full, masking.mask), (pred_full,)),
-        Implementation(fastmae_fn, (pred_removed, imgs, masking.ids_restore), (pred_removed,))
-        if op is not None
-        else None,
+        Implementation(fastmae_fn, (pred_removed, imgs, masking.ids_restore), (pred_removed,)),
         bytes_fwd=removed * (elem + 4) + b * length * INDEX_BYTES,
         bytes_bwd=removed * (2 * elem + 4) + b * length * INDEX_BYTES,
-        skip_reason=reason,
     )
 
 
@@ -223,11 +209,11 @@ def _backend(choice: str | None) -> Iterator[None]:
             os.environ["FASTMAE_BACKEND"] = previous
 
 
-Provider = tuple[str, Implementation | None, str | None]
+Provider = tuple[str, Implementation, str | None]
 
 
 def providers(case: Case, compile_reference: bool) -> list[Provider]:
-    """(provider, implementation or None, FASTMAE_BACKEND) for one case; None implementation = skipped."""
+    """(provider, implementation, FASTMAE_BACKEND) for one case."""
     result: list[Provider] = [("reference", case.reference, None)]
     if compile_reference:
         ref = case.reference
@@ -263,15 +249,11 @@ def run_case(
             moved = case.bytes_fwd + (case.bytes_bwd if pass_name == "fwd+bwd" else 0)
             row: dict[str, Any] = {
                 "bench": "ops", "op": case.op, "size": size.name, "provider": provider, "pass": pass_name,
-                "dtype": str(dtype),
+                "dtype": str(dtype).replace("torch.", ""),
                 "batch": size.batch, "num_patches": size.num_patches, "num_keep": size.num_keep,
                 "patch_size": size.patch, "decoder_dim": size.decoder_dim, "bytes": moved,
-                "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok", "reason": None,
+                "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok",
             }  # fmt: skip
-            if impl is None:
-                row.update(status="skipped", reason=case.skip_reason)
-                rows.append(row)
-                continue
             with _backend(backend):
                 fn = pass_fn(impl, pass_name)
                 ms = op_median_ms(fn, device, warmup=warmup, iters=reps)
@@ -285,8 +267,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes (the default without CUDA)")
     parser.add_argument("--ops", nargs="+", choices=OP_NAMES, default=list(OP_NAMES))
-    parser.add_argument("--out", type=Path, default=default_results_path("ops"),
-                        help="JSON-lines file to append to (default benchmarks/results/ops.jsonl)")
+    add_out_argument(parser, "ops")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--compile", action="store_true", help="also torch.compile(reference) on CPU")
@@ -298,7 +279,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmarks; return the rows written."""
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     tiny = args.tiny or device.type != "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     compile_reference = device.type == "cuda" or args.compile
@@ -315,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     path = append_jsonl(rows, args.out)
     print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['git_commit']}")
     print(markdown_table(rows, COLUMNS["ops"]))
-    print(f"wrote {len(rows)} rows to {path}")
+    print(f"{len(rows)} rows appended to {path}")
     return rows
 
 

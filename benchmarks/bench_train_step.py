@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-import torch
 
 from fastmae.bench.providers import PROVIDERS
-from fastmae.bench.record import append_jsonl, default_results_path, environment, markdown_table
+from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
+from fastmae.bench.timing import pick_device
 from fastmae.bench.train_step import largest_batch, run
 
 GPU_MODELS = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14")
@@ -36,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--max-batch", action="store_true", help="also find each provider's largest batch (CUDA)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=default_results_path("train_step"),
-                        help="JSON-lines file to append to (default benchmarks/results/train_step.jsonl)")
+    add_out_argument(parser, "train_step")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     models = args.models or (GPU_MODELS if on_gpu else CPU_MODELS)
     rows = run(

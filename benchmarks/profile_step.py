@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from fastmae.bench.flops import full_model_config
 from fastmae.bench.providers import PROVIDERS, build_step
+from fastmae.bench.timing import pick_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("profile"))
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     model = args.model or ("mae_vit_base_patch16" if on_gpu else "mae_vit_test")
     cfg = full_model_config(model)

@@ -71,3 +71,41 @@ def test_end_to_end_benchmark_smoke_on_cpu(tmp_path) -> None:
     with pytest.raises(ValueError, match="need warmup \\+ steps = 9"):
         run("mae_vit_test", data, 2, torch.device("cpu"), configs=configs[:1], steps=8, warmup=1, num_workers=0,
             compile_model=False)
+
+
+def test_loader_benchmark_rows_and_report(tmp_path, monkeypatch) -> None:
+    """benchmarks/bench_loader.py at its smallest: bench=loader rows appended to --out, rendered by report."""
+    import sys
+    from pathlib import Path
+
+    from fastmae.bench.record import read_jsonl
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    sys.modules.pop("benchmarks.bench_loader", None)
+    from benchmarks import bench_loader
+
+    out = tmp_path / "results" / "loader.jsonl"
+    argv = ["--num-images", "8", "--image-size", "20", "28", "--batch-size", "4", "--input-size", "16",
+            "--epochs", "1", "--threads", "1", "--backends", "torch", "--out", str(out)]
+    assert bench_loader.main(argv) == 0
+    assert bench_loader.main(argv) == 0  # appends
+    rows = read_jsonl(out)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["bench"] == "loader" and row["backend"] == "torch" and row["device_type"] == "cpu"
+        assert row["images"] == 8 and row["images_per_s"] == pytest.approx(8 / row["seconds"])
+        assert row["command"].endswith("--out " + str(out))
+    md = report.render_markdown(report.load_rows(out.parent))
+    header = "| " + " | ".join(report.COLUMNS["loader"]) + " |"
+    assert md.count("## loader on cpu") >= 1 and md.count(header) >= 1
+    assert md.count("| torch | cpu | 1 | 4 | 16 | float32 | 8 |") == 2
+
+
+def test_report_renders_ops_rows_with_their_columns() -> None:
+    row = {"bench": "ops", "device": "cpu (x, 2 threads)", "date": "2026-01-01T00:00:00+00:00", "git_commit": "abc",
+           "op": "masked_mse_loss", "size": "tiny", "pass": "fwd", "provider": "fastmae", "dtype": "float32",
+           "median_ms": 0.5, "gbps": 1.25, "peak_mem_bytes": None, "status": "ok", "bytes": 625000}
+    md = report.render_markdown([row])
+    assert "## ops on cpu (x, 2 threads) (2026-01-01T00:00:00+00:00)" in md
+    assert "| op | size | pass | provider | dtype | median_ms | gbps | peak_mem_bytes | status |" in md
+    assert "| masked_mse_loss | tiny | fwd | fastmae | float32 | 0.5 | 1.25 | - | ok |" in md

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import torch
-
 from fastmae.bench.providers import PROVIDERS
 from fastmae.bench.record import append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
+from fastmae.bench.timing import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     model = args.model or ("mae_vit_base_patch16" if on_gpu else "mae_vit_tiny")
 

@@ -7,6 +7,7 @@ append rows to ``default_results_path(<kind>)`` (benchmarks/results/<kind>.jsonl
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import platform
@@ -82,6 +83,12 @@ def default_results_dir() -> Path:
 def default_results_path(bench: str) -> Path:
     """Where a benchmark kind's rows are appended by default: benchmarks/results/<bench>.jsonl."""
     return default_results_dir() / f"{bench}.jsonl"
+
+
+def add_out_argument(parser: argparse.ArgumentParser, bench: str) -> None:
+    """``--out``: the JSON-lines file a benchmark script appends its rows to (default: its kind's results file)."""
+    parser.add_argument("--out", type=Path, default=default_results_path(bench),
+                        help=f"JSON-lines file to append the rows to (default benchmarks/results/{bench}.jsonl)")
 
 
 def append_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:

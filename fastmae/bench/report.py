@@ -15,7 +15,7 @@ ENV_KEYS = ("device", "device_type", "torch", "triton", "cuda", "fastmae", "pyth
 # The table columns of each benchmark kind (the ``bench`` field of a row); the scripts print the same tables.
 COLUMNS: dict[str, tuple[str, ...]] = {
     "ops": ("op", "size", "pass", "provider", "dtype", "median_ms", "gbps", "peak_mem_bytes", "status"),
-    "loader": ("backend", "decode", "device_type", "threads", "batch_size", "input_size", "dtype", "images",
+    "loader": ("backend", "decode", "threads", "batch_size", "input_size", "dtype", "images",
                "seconds", "images_per_s"),
     "train_step": ("model", "provider", "batch", "precision", "img_per_s", "step_ms", "peak_mem_bytes", "mfu",
                    "speedup_vs_reference-published", "speedup_vs_reference-modern",

@@ -9,6 +9,11 @@ from collections.abc import Callable
 import torch
 
 
+def pick_device(name: str | None = None) -> torch.device:
+    """The device named (e.g. a ``--device`` option), else cuda when available, else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
