@@ -59,8 +59,9 @@ def launch_triton(tensor: torch.Tensor) -> bool:
     :func:`use_triton` for ``tensor``'s device, except for fake tensors while the kernels are interpreted
     (TRITON_INTERPRET=1): ``wrap_triton`` then holds a bare interpreted kernel that cannot run on the fake
     tensors of ``torch.compile`` or ``opcheck``, so those traces take the PyTorch branch (same shapes, dtypes
-    and strides; at run time the compiled graph calls the op on real tensors, which launch the kernel).
-    Compiled kernels (a GPU) are traced into the graph as usual.
+    and strides). ``torch.compile`` inlines a ``triton_op``'s body, so a graph compiled on CPU under the
+    interpreter holds the PyTorch branch; eager calls still run the kernels. Compiled kernels (a GPU) are
+    traced into the graph as usual, so nothing changes on CUDA.
     """
     if not use_triton(tensor.device):
         return False
