@@ -1,8 +1,8 @@
 """Input checks shared by the reference, the ops and the models.
 
 Every check raises a ValueError/TypeError that names the argument and says what was
-expected. None of them reads tensor *values* (that would be a host sync): they look
-only at shapes, dtypes and devices.
+expected. All but :func:`check_id_values` look only at shapes, dtypes and devices; that one
+reads tensor *values* (a host sync), so the ops call it only in debug mode (FASTMAE_DEBUG=1).
 """
 
 from __future__ import annotations
@@ -150,6 +150,25 @@ def check_ids(ids: torch.Tensor, batch: int, num_patches: int, device: torch.dev
     if not same_device(ids.device, device):
         raise ValueError(f"{name} must be on {device} like the images, got {ids.device}")
     return int(ids.shape[1])
+
+
+def check_id_values(ids: torch.Tensor, num_patches: int, name: str) -> None:
+    """Patch indices (N, K): every id in [0, L) and distinct within its row, so an (N, L) ids_restore holds
+    permutations of [0, L). Reads the values (a host sync): for debug mode only."""
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= num_patches:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds patch index {bad}, outside the valid range [0, {num_patches}) "
+            f"({name} values must lie in [0, L), L = {num_patches} patches)"
+        )
+    sorted_ids = ids.sort(dim=1).values
+    if (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any():
+        whole = ids.shape[1] == num_patches
+        rule = "rows must be permutations of [0, L)" if whole else "each row must hold distinct indices"
+        raise ValueError(f"{name} repeats a patch index within a row; {rule}")
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

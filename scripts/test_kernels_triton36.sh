@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the kernel tests (tests/test_op_*.py) through the Triton interpreter under triton==3.6.0,
+# Run the kernel tests (tests/test_op_*.py and tests/test_ops_compose.py) through the Triton interpreter under triton==3.6.0,
 # the version on the H100 machine, in a throwaway venv. Not part of CI: run it before merging a kernel.
 # Usage: scripts/test_kernels_triton36.sh [pytest args, e.g. tests/test_op_patchify_gather.py -q]
 # FASTMAE_TRITON36_VENV overrides the venv path; an existing venv is reused.
@@ -20,7 +20,7 @@ assert triton.__version__.startswith("3.6."), f"expected triton 3.6, got {triton
 print(f"torch {torch.__version__}, triton {triton.__version__}")
 PY
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_op_*.py -q
+    set -- tests/test_op_*.py tests/test_ops_compose.py -q
 fi
 export TRITON_INTERPRET=1 FASTMAE_BACKEND=triton PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -171,9 +171,10 @@ def test_bad_inputs(changes, error, match) -> None:  # type: ignore[no-untyped-d
         unshuffle_with_mask_token(**_bad(**changes))
 
 
-def test_opcheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registered ops on their default CPU path (opcheck's fake-tensor runs cannot enter the interpreter)."""
-    monkeypatch.setenv("FASTMAE_BACKEND", "torch")
+@pytest.mark.parametrize("path", ["torch", "triton"])
+def test_opcheck(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both branches of the op bodies (FASTMAE_BACKEND=triton runs the interpreted kernels on real tensors)."""
+    monkeypatch.setenv("FASTMAE_BACKEND", path)
     for pos_dtype in (F32, None):
         x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 7, 2, 8, BF16, F32, pos_dtype)
         torch.library.opcheck(torch.ops.fastmae.unshuffle_with_mask_token, (x_vis, mask_token, ids_restore, pos_embed))
@@ -185,9 +186,10 @@ def test_opcheck(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
 
-def test_compiles_fullgraph_like_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default CPU path (fake tensors cannot enter the interpreter; on CUDA the Triton launch is traced)."""
-    monkeypatch.setenv("FASTMAE_DEBUG", "1")
+def test_compiles_fullgraph_like_eager(backend: str) -> None:
+    """aot_eager fullgraph on both paths. Under the interpreter the compiled graph holds the op's torch branch
+    (fake tensors cannot enter an interpreted kernel) while eager runs the kernels: the gathers and the
+    two-sample pos_embed sum agree bitwise, the mask_token sum (another summation order) to fp32 rounding."""
     x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 9, 3, 8, BF16, F32, F32)
 
     def step(x, token, ids, pos):  # type: ignore[no-untyped-def]
@@ -201,4 +203,7 @@ def test_compiles_fullgraph_like_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled_grads = torch.autograd.grad(compiled_loss, inputs)
     assert_bitwise_equal(compiled_loss, eager_loss, "loss")
     for name, got, want in zip(("x_vis", "mask_token", "pos_embed"), compiled_grads, eager_grads):
-        assert_bitwise_equal(got, want, f"grad {name}")
+        if name == "mask_token" and backend == "triton":
+            torch.testing.assert_close(got, want, msg=f"grad {name}")
+        else:
+            assert_bitwise_equal(got, want, f"grad {name}")

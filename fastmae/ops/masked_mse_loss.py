@@ -40,8 +40,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import FLOAT_DTYPES, check_float, check_tensor, same_device
-from fastmae.ops._backend import debug_checks_enabled, new_output, resolve_op, use_triton
+from fastmae._validation import FLOAT_DTYPES, check_float, check_id_values, check_patch_batch, check_tensor, same_device
+from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._layout import as_video, patch_grid_view, patch_rows, video_strides
 
 __all__ = ["masked_mse_loss"]
 
@@ -63,24 +64,6 @@ class _Layout(NamedTuple):
     patch: tuple[int, int, int]  # (pt, ph, pw); pt = 1 for images
     grid: tuple[int, int, int]  # (gt, gh, gw); gt = 1 for images
     chans: int
-
-
-def _patch_dims(patch_size: object, image_dims: int) -> tuple[int, int, int]:
-    """patch_size as (pt, ph, pw): an int or 2-tuple for (B,C,H,W) images, a 3-tuple for (B,C,T,H,W) video."""
-    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
-        dims: tuple[int, ...] = (patch_size, patch_size)
-    elif isinstance(patch_size, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in patch_size):
-        dims = tuple(int(v) for v in patch_size)
-    else:
-        raise TypeError(f"patch_size must be an int, a pair (ph, pw) or a triple (pt, ph, pw), got {patch_size!r}")
-    if len(dims) != image_dims - 2:
-        expected = "an int or a pair (ph, pw) for images (B, C, H, W)" if image_dims == 4 else (
-            "a triple (pt, ph, pw) for video (B, C, T, H, W)"
-        )
-        raise ValueError(f"patch_size must be {expected}, got {patch_size!r}")
-    if min(dims) <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size!r}")
-    return (1, *dims) if len(dims) == 2 else dims  # type: ignore[return-value]
 
 
 def _layout(
@@ -106,19 +89,10 @@ def _layout(
     if (imgs is None) == (target is None):
         raise ValueError("pass exactly one of imgs (pixel target) and target (explicit (B, L, D) target)")
     if imgs is not None:
-        check_tensor(imgs, "imgs")
-        if imgs.dim() not in (4, 5):
-            raise ValueError(
-                f"imgs must have shape (B, C, H, W) or (B, C, T, H, W), got {imgs.dim()} dims {tuple(imgs.shape)}"
-            )
-        check_float(imgs, "imgs")
-        patch = _patch_dims(patch_size, imgs.dim())
+        patch_extent, grid_extent = check_patch_batch(imgs, patch_size)
+        patch = as_video(imgs.shape, patch_extent)[1]
+        grid = (1, *grid_extent) if len(grid_extent) == 2 else grid_extent
         chans = imgs.shape[1]
-        sizes = (1, *imgs.shape[2:]) if imgs.dim() == 4 else tuple(imgs.shape[2:])
-        for axis, size, p in zip(("T", "H", "W"), sizes, patch):
-            if size == 0 or size % p != 0:
-                raise ValueError(f"imgs {axis} = {size} is not a positive multiple of the patch size {p}")
-        grid = (sizes[0] // patch[0], sizes[1] // patch[1], sizes[2] // patch[2])
         num_patches = grid[0] * grid[1] * grid[2]
         source, source_name = imgs, "imgs"
         if dim != math.prod(patch) * chans:
@@ -229,17 +203,12 @@ def _denominator(
     return torch.tensor(float(lay.batch * lay.rows), dtype=torch.float32, device=device)
 
 
-def _source_view(lay: _Layout, source: torch.Tensor) -> torch.Tensor:
-    """Images as a 5-D (B, C, T, H, W) view (T = 1 for images, no copy); an explicit target as it is."""
-    return source.unsqueeze(2) if lay.pixels and source.dim() == 4 else source
-
-
-def _source_strides(lay: _Layout, view: torch.Tensor) -> tuple[int, ...]:
+def _source_strides(lay: _Layout, source: torch.Tensor) -> tuple[int, ...]:
     """The five strides the kernels address the source with: (B, C, T, H, W) for pixels; for an explicit
     (B, L, D) target (sb, sd, 0, 0, sl), read by the kernels as b * sb + l * sw + d * sc."""
     if lay.pixels:
-        return tuple(view.stride())
-    sb, sl, sd = view.stride()
+        return video_strides(source)
+    sb, sl, sd = source.stride()
     return (sb, sd, 0, 0, sl)
 
 
@@ -394,14 +363,13 @@ def _launch(
     """Launch one of the kernels over a (B, cdiv(R, BLOCK_R)) grid; strides are passed, so pred and the
     source need not be contiguous."""
     ids, mask_f, weight_f = row_inputs
-    view = _source_view(lay, source)
     block_r, block_d = _blocks(lay)
     grid = (lay.batch, triton.cdiv(lay.rows, block_r))
     # an absent optional input is replaced by pred: its load is compiled out by the HAS_* constexpr
     wrap_triton(kernel)[grid](
-        pred, view, pred if ids is None else ids, pred if mask_f is None else mask_f,
+        pred, source, pred if ids is None else ids, pred if mask_f is None else mask_f,
         pred if weight_f is None else weight_f, *outputs,
-        lay.rows, lay.num_patches, lay.dim, *pred.stride(), *_source_strides(lay, view), *output_strides,
+        lay.rows, lay.num_patches, lay.dim, *pred.stride(), *_source_strides(lay, source), *output_strides,
         lay.grid[1], lay.grid[2], float(eps),
         HAS_IDS=ids is not None, HAS_MASK=mask_f is not None, HAS_WEIGHT=weight_f is not None,
         PIXELS=lay.pixels, C=lay.chans, PT=lay.patch[0], PH=lay.patch[1], PW=lay.patch[2],
@@ -422,21 +390,13 @@ def _row_inputs(
 # --------------------------------------------------------------------------------------
 # Plain PyTorch path (CPU tensors): the same math in float32
 # --------------------------------------------------------------------------------------
-def _patch_rows_view(source: torch.Tensor, lay: _Layout) -> torch.Tensor:
-    """(B,C,H,W) or (B,C,T,H,W) as a (B, gt, gh, gw, pt, ph, pw, C) permuted view: flattening its last four
-    axes gives the patch rows, tubelets in (T, H, W) row-major order, elements in (t, i, j, c) order."""
-    view = source.unsqueeze(2) if source.dim() == 4 else source
-    (gt, gh, gw), (pt, ph, pw) = lay.grid, lay.patch
-    return view.reshape(lay.batch, lay.chans, gt, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)
-
-
 def _torch_target(
     lay: _Layout, imgs: torch.Tensor | None, target: torch.Tensor | None, ids: torch.Tensor | None,
     norm_pix: bool, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 (B, R, D) target rows of the pred rows (normalised when norm_pix), and rstd (B, R, 1) or None."""
     if lay.pixels:
-        rows = _patch_rows_view(imgs, lay).reshape(lay.batch, lay.num_patches, lay.dim)
+        rows = patch_rows(imgs, lay.patch)
     else:
         rows = target
     if ids is not None:
@@ -457,8 +417,8 @@ def _torch_source_grad(
         full = torch.zeros((lay.batch, lay.num_patches, lay.dim), dtype=grad_rows.dtype, device=grad_rows.device)
         grad_rows = full.scatter(1, ids[:, :, None].expand(-1, -1, lay.dim), grad_rows)
     if lay.pixels:
-        (gt, gh, gw), (pt, ph, pw) = lay.grid, lay.patch
-        _patch_rows_view(grad_source, lay).copy_(grad_rows.reshape(lay.batch, gt, gh, gw, pt, ph, pw, lay.chans))
+        grid_view = patch_grid_view(grad_source, lay.patch)
+        grid_view.copy_(grad_rows.reshape(grid_view.shape))
     else:
         grad_source.copy_(grad_rows)
 
@@ -481,7 +441,7 @@ def _masked_mse_loss_op(
     lay = _layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size or 1, norm_pix)
     denominator = _denominator(lay, mask, sample_weight, pred.device)
     row_inputs = _row_inputs(lay, ids_restore, mask, sample_weight)
-    if use_triton(pred.device):
+    if launch_triton(pred):
         block_r, _ = _blocks(lay)
         partials = new_output((lay.batch, triton.cdiv(lay.rows, block_r)), torch.float32, pred.device)
         source = imgs if imgs is not None else target
@@ -518,8 +478,8 @@ def _masked_mse_loss_backward_op(
         grad_source = torch.zeros(source.shape, dtype=source.dtype, device=source.device)
     else:
         grad_source = new_output(tuple(source.shape), source.dtype, source.device)
-    if use_triton(pred.device):
-        grad_strides = _source_strides(lay, _source_view(lay, grad_source)) if source_grad else (0,) * 5
+    if launch_triton(pred):
+        grad_strides = _source_strides(lay, grad_source) if source_grad else (0,) * 5
         _launch(
             _loss_bwd_kernel, lay, pred, source, row_inputs, eps,
             [coef.reshape(1), grad_pred, grad_source if source_grad else grad_pred], grad_strides,
@@ -566,16 +526,6 @@ _masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------
 # Functional API
 # --------------------------------------------------------------------------------------
-def _check_ids_values(ids_restore: torch.Tensor) -> None:
-    """FASTMAE_DEBUG=1 only, in eager mode (a host sync): every row of ids_restore is a permutation of 0..L-1."""
-    length = ids_restore.shape[1]
-    if bool(((ids_restore < 0) | (ids_restore >= length)).any()):
-        raise ValueError(f"ids_restore holds ids outside [0, L) = [0, {length})")
-    expected = torch.arange(length, device=ids_restore.device).expand_as(ids_restore)
-    if not torch.equal(ids_restore.sort(dim=1).values.long(), expected):
-        raise ValueError("ids_restore rows must be permutations of 0..L-1 (a repeated id was found)")
-
-
 def masked_mse_loss(
     pred: torch.Tensor,
     imgs: torch.Tensor | None,
@@ -624,8 +574,8 @@ def masked_mse_loss(
             raise ValueError("num_keep goes with ids_restore (and a full pred), not with mask")
     lay = _layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, bool(norm_pix),
                   full_pred_keep=num_keep)
-    if ids_restore is not None and debug_checks_enabled() and not torch.compiler.is_compiling():
-        _check_ids_values(ids_restore)
+    if ids_restore is not None and debug_value_checks():
+        check_id_values(ids_restore, lay.num_patches, "ids_restore")
     if num_keep is not None:
         mask, ids_restore = ids_restore >= num_keep, None  # O(B*L): the spec's mask
     patch = [] if imgs is None else list(lay.patch if imgs.dim() == 5 else lay.patch[1:])

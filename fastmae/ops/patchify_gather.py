@@ -22,7 +22,7 @@ Op schemas (the native extension registers the same ones under ``fastmae_native`
 
 Kernel: one program per (visible patch, chunk of BLOCK elements of that patch), walking the
 patch in destination (channel-last) order, so the stores are contiguous. See
-docs/ops/patchify_gather.md for the layout discussion and :func:`bytes_moved` for the
+docs/ops.md for the layout discussion and :func:`bytes_moved` for the
 traffic the benchmark counts.
 """
 
@@ -37,8 +37,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import check_ids, check_patch_batch
-from fastmae.ops._backend import debug_checks_enabled, new_output, resolve_op, use_triton
+from fastmae._validation import check_id_values, check_ids, check_patch_batch, patch_shape
+from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -163,22 +164,6 @@ def _patchify_scatter_kernel(
 # ----------------------------------------------------------------------------- launcher
 
 
-def _as_video(shape: Sequence[int], patch: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, int, int]]:
-    """(N, C, [T,] H, W) and its patch as a video shape (N, C, T, H, W) and tubelet; images have T = pt = 1."""
-    if len(shape) == 4:
-        n, c, h, w = shape
-        return (n, c, 1, h, w), (1, patch[0], patch[1])
-    return tuple(shape), (patch[0], patch[1], patch[2])
-
-
-def _video_strides(tensor: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """Strides (b, c, t, h, w) of an image or video tensor; an image's frame stride is unused (T = 1)."""
-    if tensor.dim() == 4:
-        sb, sc, sh, sw = tensor.stride()
-        return sb, sc, 0, sh, sw
-    return tensor.stride()  # type: ignore[return-value]
-
-
 def _block_size(patch_numel: int) -> tuple[int, int]:
     """BLOCK (elements per program) and num_warps: a whole patch per program up to 2048 elements."""
     block = min(triton.next_power_of_2(patch_numel), 2048)
@@ -195,7 +180,7 @@ def _launch(
     extra_strides: tuple[int, ...] = (),
 ) -> None:
     """Run a gather/scatter kernel over the (N*K, chunks) grid; ``image`` (source or destination) gives the strides."""
-    (_, chans, _, height, width), (pt, ph, pw) = _as_video(image.shape, patch)
+    (_, chans, _, height, width), (pt, ph, pw) = as_video(image.shape, patch)
     batch, num_keep = ids_keep.shape
     patch_numel = pt * ph * pw * chans
     block, num_warps = _block_size(patch_numel)
@@ -207,7 +192,7 @@ def _launch(
         num_keep,
         height // ph,
         width // pw,
-        *_video_strides(image),
+        *video_strides(image),
         *ids_keep.stride(),
         *extra_strides,
         PT=pt,
@@ -219,54 +204,18 @@ def _launch(
     )
 
 
-def _run_kernels(tensor: torch.Tensor) -> bool:
-    """Take the Triton branch for ``tensor``: use_triton, except when tracing interpreted kernels.
-
-    Under TRITON_INTERPRET=1 ``wrap_triton`` returns the bare interpreted kernel, which cannot run on the
-    fake/functional tensors of torch.compile or opcheck's fake checks; those traces take the torch branch
-    (bitwise the same result). On CUDA the kernel itself is traced into the graph.
-    """
-    if not use_triton(tensor.device):
-        return False
-    from torch._subclasses.fake_tensor import is_fake
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return not (isinstance(_patchify_gather_kernel, InterpretedFunction) and is_fake(tensor))
-
-
-# ----------------------------------------------------------------------------- torch path
-
-
-def _patch_grid_view(image: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
-    """A view (N, gt, gh, gw, pt, ph, pw, C) of an image/video tensor: patch grid first, channel last."""
-    (n, c, t, h, w), (pt, ph, pw) = _as_video(image.shape, patch)
-    sb, sc, st, sh, sw = _video_strides(image)
-    return image.as_strided(
-        (n, t // pt, h // ph, w // pw, pt, ph, pw, c),
-        (sb, pt * st, ph * sh, pw * sw, st, sh, sw, sc),
-    )
-
-
-def _grid_index(image_shape: Sequence[int], patch: Sequence[int], ids_keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Advanced-index tuple (batch, patch_t, patch_h, patch_w) selecting the visible patches of the grid view."""
-    (_, _, _, height, width), (_, ph, pw) = _as_video(image_shape, patch)
-    grid_h, grid_w = height // ph, width // pw
-    batch_index = torch.arange(ids_keep.shape[0], device=ids_keep.device).unsqueeze(1)
-    return batch_index, ids_keep // (grid_w * grid_h), (ids_keep // grid_w) % grid_h, ids_keep % grid_w
-
-
 # ----------------------------------------------------------------------------- ops
 
 
 @triton_op("fastmae::patchify_gather", mutates_args=())
 def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
     out_shape = (*ids_keep.shape, math.prod(patch_size) * imgs.shape[1])
-    if _run_kernels(imgs):
+    if launch_triton(imgs):
         out = new_output(out_shape, imgs.dtype, imgs.device)
         _launch(_patchify_gather_kernel, imgs, ids_keep, out, imgs, patch_size)
         return out
     # advanced indexing on a strided view reads only the selected patches
-    visible = _patch_grid_view(imgs, patch_size)[_grid_index(imgs.shape, patch_size, ids_keep)]
+    visible = patch_grid_view(imgs, patch_size)[grid_index(imgs.shape, patch_size, ids_keep)]
     return visible.reshape(out_shape).contiguous()
 
 
@@ -275,16 +224,16 @@ def _patchify_gather_backward_op(
     grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
 ) -> torch.Tensor:
     grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
-    if _run_kernels(grad_patches):
+    if launch_triton(grad_patches):
         _launch(
             _patchify_scatter_kernel, grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size,
             tuple(grad_patches.stride()),
         )  # fmt: skip
     else:
-        rows = grad_patches.reshape(*ids_keep.shape, *_as_video(imgs_shape, patch_size)[1], imgs_shape[1])
+        rows = grad_patches.reshape(*ids_keep.shape, *as_video(imgs_shape, patch_size)[1], imgs_shape[1])
         # accumulate into zeros: the same arithmetic as autograd's gather backward
-        _patch_grid_view(grad_imgs, patch_size).index_put_(
-            _grid_index(imgs_shape, patch_size, ids_keep), rows, accumulate=True
+        patch_grid_view(grad_imgs, patch_size).index_put_(
+            grid_index(imgs_shape, patch_size, ids_keep), rows, accumulate=True
         )
     return grad_imgs
 
@@ -323,17 +272,6 @@ _patchify_gather_backward_op.register_autograd(_double_backward, setup_context=_
 # ----------------------------------------------------------------------------- public API
 
 
-def _check_ids_in_range(ids_keep: torch.Tensor, num_patches: int) -> None:
-    """Debug mode only (a host sync): ids in [0, L) and distinct per row."""
-    low, high = int(ids_keep.min()), int(ids_keep.max())
-    if low < 0 or high >= num_patches:
-        bad = low if low < 0 else high
-        raise ValueError(f"ids_keep holds patch index {bad}, outside the valid range [0, {num_patches}) (L patches)")
-    sorted_ids = ids_keep.sort(dim=1).values
-    if (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any():
-        raise ValueError("ids_keep repeats a patch index within a row; each row must hold distinct indices")
-
-
 def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
     """Visible patches of an image or video batch, channel-last, in one pass.
 
@@ -346,8 +284,8 @@ def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int 
     patch, grid = check_patch_batch(imgs, patch_size)
     num_patches = math.prod(grid)
     check_ids(ids_keep, imgs.shape[0], num_patches, imgs.device)
-    if debug_checks_enabled():
-        _check_ids_in_range(ids_keep, num_patches)
+    if debug_value_checks():
+        check_id_values(ids_keep, num_patches, "ids_keep")
     return resolve_op("patchify_gather", imgs.device)(imgs, ids_keep, list(patch))
 
 
@@ -360,8 +298,6 @@ def bytes_moved(
     Backward: read N*K*P gradients and the ids, write the whole image gradient (zeros) once
     and the N*K*P visible elements again.
     """
-    from fastmae._validation import patch_shape
-
     patch = patch_shape(patch_size, len(imgs_shape))
     batch, chans = imgs_shape[0], imgs_shape[1]
     itemsize = torch.empty((), dtype=dtype).element_size()

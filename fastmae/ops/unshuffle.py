@@ -30,9 +30,12 @@ order (per-program partial sums, then a torch sum: deterministic, no atomics).
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import check_float, check_tensor, same_device
-from fastmae.ops._backend import debug_checks_enabled, new_output, resolve_op, use_triton
+from fastmae._validation import check_float, check_id_values, check_tensor, same_device
+from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
 
 _FWD_BLOCK_ROWS = 16
 _BWD_BLOCK_ROWS = 16
@@ -40,8 +43,106 @@ _MAX_BLOCK_D = 128
 _BWD_SAMPLES_PER_PROGRAM = 16  # batch chunk one backward program loops over (sets the partial-sum count)
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+# --------------------------------------------------------------------------------------
+# Triton kernels (only features that triton 3.6 and 3.9 both have)
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _cast_fp32(value, DST: tl.constexpr):
+    # fp32 -> DST rounding to nearest even, as PyTorch rounds. bf16 is rounded by hand: the Triton
+    # interpreter truncates in .to(tl.bfloat16), and the same bit arithmetic is exact on the GPU too.
+    if DST == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return value.to(DST)
+
+
+@triton.jit
+def _unshuffle_fwd_kernel(
+    x_ptr, mask_ptr, ids_ptr, pos_ptr, out_ptr,
+    num_rows, num_visible, width,
+    stride_xb, stride_xr, stride_xd, stride_md, stride_ib, stride_il, stride_pr, stride_pd,
+    HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # one program per (sample, block of output rows, block of channels)
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(2).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < num_rows
+    col_ok = cols < width
+    is_patch = rows > 0
+    ids = tl.load(ids_ptr + b * stride_ib + (rows - 1) * stride_il, mask=row_ok & is_patch, other=0)
+    ids = ids.to(tl.int64)
+    # the cls row reads x_vis row 0; patch rows read row 1 + id when the id is a kept token
+    visible = row_ok & ((rows == 0) | ((ids >= 0) & (ids < num_visible)))
+    src = tl.where(is_patch, ids + 1, 0)
+    tile_ok = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(
+        x_ptr + b * stride_xb + src[:, None] * stride_xr + cols[None, :] * stride_xd,
+        mask=visible[:, None] & col_ok[None, :],
+        other=0.0,
+    )
+    # the mask token comes already cast to x_vis's dtype (the launcher does it, as the reference)
+    token = tl.load(mask_ptr + cols * stride_md, mask=col_ok, other=0.0)
+    val = tl.where(visible[:, None], x, token[None, :])
+    if HAS_POS:
+        pos = tl.load(pos_ptr + rows[:, None] * stride_pr + cols[None, :] * stride_pd, mask=tile_ok, other=0.0)
+        # both operands are exact in fp32; one rounding to the output dtype, as PyTorch's add
+        val = _cast_fp32(val.to(tl.float32) + pos.to(tl.float32), out_ptr.dtype.element_ty)
+    out_offsets = (b * num_rows + rows[:, None]) * width + cols[None, :]
+    tl.store(out_ptr + out_offsets, val, mask=tile_ok)
+
+
+@triton.jit
+def _unshuffle_bwd_kernel(
+    grad_ptr, ids_ptr, grad_x_ptr, mask_partial_ptr, pos_partial_ptr,
+    batch, num_rows, num_visible, width, num_row_blocks,
+    stride_gb, stride_gr, stride_gd, stride_ib, stride_il,
+    NEED_X: tl.constexpr, NEED_MASK: tl.constexpr, NEED_POS: tl.constexpr,
+    SAMPLES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # one program per (block of rows, block of channels, chunk of SAMPLES samples)
+    row_block = tl.program_id(0).to(tl.int64)
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    chunk = tl.program_id(2).to(tl.int64)
+    row_ok = rows < num_rows
+    col_ok = cols < width
+    is_patch = rows > 0
+    mask_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    pos_acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    for i in range(SAMPLES):
+        b = chunk * SAMPLES + i
+        ok = row_ok & ((rows * 0 + b) < batch)  # a vector compare: scalar masks vary across versions
+        tile_ok = ok[:, None] & col_ok[None, :]
+        g = tl.load(
+            grad_ptr + b * stride_gb + rows[:, None] * stride_gr + cols[None, :] * stride_gd,
+            mask=tile_ok,
+            other=0.0,
+        )
+        ids = tl.load(ids_ptr + b * stride_ib + (rows - 1) * stride_il, mask=ok & is_patch, other=0)
+        ids = ids.to(tl.int64)
+        visible = ok & ((rows == 0) | (ids < num_visible))
+        if NEED_X:
+            # each x_vis row is the target of exactly one output row: a scatter without atomics
+            dst = tl.where(is_patch, ids + 1, 0)
+            dst_offsets = (b * (num_visible + 1) + dst[:, None]) * width + cols[None, :]
+            if grad_ptr.dtype.element_ty == grad_x_ptr.dtype.element_ty:
+                grad_x = g
+            else:
+                grad_x = _cast_fp32(g.to(tl.float32), grad_x_ptr.dtype.element_ty)
+            tl.store(grad_x_ptr + dst_offsets, grad_x, mask=visible[:, None] & col_ok[None, :])
+        if NEED_MASK:
+            masked = ok & is_patch & (ids >= num_visible)
+            mask_acc += tl.sum(tl.where(masked[:, None], g.to(tl.float32), 0.0), axis=0)
+        if NEED_POS:
+            pos_acc += g.to(tl.float32)
+    if NEED_MASK:
+        tl.store(mask_partial_ptr + (chunk * num_row_blocks + row_block) * width + cols, mask_acc, mask=col_ok)
+    if NEED_POS:
+        pos_offsets = (chunk * num_rows + rows[:, None]) * width + cols[None, :]
+        tl.store(pos_partial_ptr + pos_offsets, pos_acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
 # --------------------------------------------------------------------------------------
@@ -51,17 +152,13 @@ def _launch_forward(
     x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None,
     out: torch.Tensor,
 ) -> None:  # fmt: skip
-    from torch.library import wrap_triton
-
-    from fastmae.ops._unshuffle_kernels import unshuffle_fwd_kernel
-
     batch, num_rows, width = out.shape
-    block_d = min(_next_power_of_2(width), _MAX_BLOCK_D)
-    grid = (batch, -(-num_rows // _FWD_BLOCK_ROWS), -(-width // block_d))
+    block_d = min(triton.next_power_of_2(width), _MAX_BLOCK_D)
+    grid = (batch, triton.cdiv(num_rows, _FWD_BLOCK_ROWS), triton.cdiv(width, block_d))
     pos = pos_embed if pos_embed is not None else out  # never read when HAS_POS is False
     pos_strides = (pos_embed.stride(1), pos_embed.stride(2)) if pos_embed is not None else (0, 0)
     token = mask_token.to(x_vis.dtype)  # d elements; rounds exactly like the reference's cast
-    wrap_triton(unshuffle_fwd_kernel)[grid](
+    wrap_triton(_unshuffle_fwd_kernel)[grid](
         x_vis, token, ids_restore, pos, out,
         num_rows, x_vis.shape[1] - 1, width,
         x_vis.stride(0), x_vis.stride(1), x_vis.stride(2), token.stride(2),
@@ -74,16 +171,12 @@ def _launch_backward(
     grad_out: torch.Tensor, ids_restore: torch.Tensor, num_visible: int, grad_x: torch.Tensor | None,
     mask_partial: torch.Tensor | None, pos_partial: torch.Tensor | None, samples: int,
 ) -> None:  # fmt: skip
-    from torch.library import wrap_triton
-
-    from fastmae.ops._unshuffle_kernels import unshuffle_bwd_kernel
-
     batch, num_rows, width = grad_out.shape
-    block_d = min(_next_power_of_2(width), _MAX_BLOCK_D)
-    row_blocks = -(-num_rows // _BWD_BLOCK_ROWS)
-    grid = (row_blocks, -(-width // block_d), -(-batch // samples))
+    block_d = min(triton.next_power_of_2(width), _MAX_BLOCK_D)
+    row_blocks = triton.cdiv(num_rows, _BWD_BLOCK_ROWS)
+    grid = (row_blocks, triton.cdiv(width, block_d), triton.cdiv(batch, samples))
     dummy = grad_out  # stands in for outputs that are not needed (never written)
-    wrap_triton(unshuffle_bwd_kernel)[grid](
+    wrap_triton(_unshuffle_bwd_kernel)[grid](
         grad_out, ids_restore,
         grad_x if grad_x is not None else dummy,
         mask_partial if mask_partial is not None else dummy,
@@ -102,13 +195,13 @@ def _output_dtype(x_vis: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.
     return x_vis.dtype if pos_embed is None else torch.promote_types(x_vis.dtype, pos_embed.dtype)
 
 
-@torch.library.triton_op("fastmae::unshuffle_with_mask_token", mutates_args=())
+@triton_op("fastmae::unshuffle_with_mask_token", mutates_args=())
 def _unshuffle_op(
     x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
 ) -> torch.Tensor:
     batch, length = ids_restore.shape
     out_dtype = _output_dtype(x_vis, pos_embed)
-    if use_triton(x_vis.device):
+    if launch_triton(x_vis):
         out = new_output((batch, 1 + length, x_vis.shape[2]), out_dtype, x_vis.device)
         _launch_forward(x_vis, mask_token, ids_restore, pos_embed, out)
         return out
@@ -119,7 +212,7 @@ def _unshuffle_op(
     return out + pos_embed if pos_embed is not None else out
 
 
-@torch.library.triton_op("fastmae::unshuffle_with_mask_token_backward", mutates_args=())
+@triton_op("fastmae::unshuffle_with_mask_token_backward", mutates_args=())
 def _unshuffle_backward_op(
     grad_out: torch.Tensor,
     ids_restore: torch.Tensor,
@@ -132,10 +225,10 @@ def _unshuffle_backward_op(
     batch, num_rows, width = grad_out.shape
     device = grad_out.device
     need_x, need_mask, need_pos = needs_grad[0], needs_grad[1], needs_grad[2] and pos_embed_dtype is not None
-    if use_triton(device):
+    if launch_triton(grad_out):
         samples = min(batch, _BWD_SAMPLES_PER_PROGRAM)
-        chunks = -(-batch // samples)
-        row_blocks = -(-num_rows // _BWD_BLOCK_ROWS)
+        chunks = triton.cdiv(batch, samples)
+        row_blocks = triton.cdiv(num_rows, _BWD_BLOCK_ROWS)
         grad_x = new_output((batch, 1 + num_visible, width), x_vis_dtype, device) if need_x else None
         mask_partial = new_output((chunks, row_blocks, width), torch.float32, device) if need_mask else None
         pos_partial = new_output((chunks, num_rows, width), torch.float32, device) if need_pos else None
@@ -155,6 +248,7 @@ def _unshuffle_backward_op(
             mask_sum = torch.where(masked, grad_out[:, 1:].to(torch.float32), 0.0).sum(dim=(0, 1))
         if need_pos:
             pos_sum = grad_out.to(torch.float32).sum(dim=0)
+
     def empty() -> torch.Tensor:  # a fresh one per unneeded gradient: op outputs must not alias
         return torch.empty(0, dtype=grad_out.dtype, device=device)
 
@@ -226,19 +320,6 @@ def _check_inputs(
             raise ValueError(f"{name} must be on {x_vis.device} like x_vis, got {tensor.device}")
 
 
-def _check_ids_restore_values(ids_restore: torch.Tensor) -> None:
-    """Debug mode only (a host sync): each row of ids_restore must be a permutation of [0, L)."""
-    length = ids_restore.shape[1]
-    if ids_restore.numel() == 0:
-        return
-    low, high = ids_restore.min().item(), ids_restore.max().item()
-    if low < 0 or high >= length:
-        raise ValueError(f"ids_restore values must lie in [0, L) = [0, {length}), got values in [{low}, {high}]")
-    expected = torch.arange(length, device=ids_restore.device).expand_as(ids_restore)
-    if not torch.equal(ids_restore.sort(dim=1).values, expected):
-        raise ValueError("ids_restore rows must be permutations of [0, L) (each position exactly once)")
-
-
 def unshuffle_with_mask_token(
     x_vis: torch.Tensor,
     mask_token: torch.Tensor,
@@ -253,6 +334,6 @@ def unshuffle_with_mask_token(
     dtypes. Differentiable in x_vis, mask_token and pos_embed.
     """
     _check_inputs(x_vis, mask_token, ids_restore, pos_embed)
-    if debug_checks_enabled() and not torch.compiler.is_compiling():  # value checks cannot be traced
-        _check_ids_restore_values(ids_restore)
+    if debug_value_checks():
+        check_id_values(ids_restore, ids_restore.shape[1], "ids_restore")
     return resolve_op("unshuffle_with_mask_token", x_vis.device)(x_vis, mask_token, ids_restore, pos_embed)
