@@ -99,9 +99,9 @@ def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
 
 
 def build_patchify_gather(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """Bytes: fastmae.ops.patchify_gather.bytes_moved (fwd: the K kept patches, ids and the (B,K,P) output;
+    """Bytes: fastmae.ops.gather.bytes_moved (fwd: the K kept patches, ids and the (B,K,P) output;
     bwd: grad (B,K,P), ids and the whole grad imgs)."""
-    from fastmae.ops.patchify_gather import bytes_moved, patchify_gather
+    from fastmae.ops.gather import bytes_moved, patchify_gather
 
     k, p = size.num_keep, size.patch
     imgs = torch.randn(size.batch, size.channels, size.img_size, size.img_size, device=device, dtype=dtype,
@@ -160,7 +160,7 @@ def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) 
     """Reference: mae_loss on the full pred (B,L,P); fastmae: pred of the removed patches only, (B,L-K,P) in
     shuffled order (ids_shuffle[:, K:]), norm_pix on. Bytes: fwd reads pred and image pixels of the removed
     patches and ids; bwd reads them again and writes grad pred (B,L-K,P)."""
-    from fastmae.ops.masked_mse_loss import masked_mse_loss
+    from fastmae.ops.loss import masked_mse_loss
 
     b, length, k, p, patch_dim = size.batch, size.num_patches, size.num_keep, size.patch, size.patch_dim
     imgs = torch.randn(b, size.channels, size.img_size, size.img_size, device=device)

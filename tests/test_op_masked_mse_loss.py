@@ -9,7 +9,7 @@ import torch
 from op_testing import assert_dtype_rule
 
 from fastmae import reference
-from fastmae.ops.masked_mse_loss import masked_mse_loss
+from fastmae.ops.loss import masked_mse_loss
 
 EPS = 1e-6  # the spec's norm_pix epsilon, also the op's default
 

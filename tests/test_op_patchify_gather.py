@@ -7,7 +7,7 @@ import torch
 
 from fastmae import reference
 from fastmae.ops import patchify_gather, random_masking
-from fastmae.ops.patchify_gather import bytes_moved
+from fastmae.ops.gather import bytes_moved
 from tests.op_testing import DTYPES, assert_bitwise_equal
 
 BACKENDS = ("triton", "torch")

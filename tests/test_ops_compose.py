@@ -6,12 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-# from the submodules: once e.g. fastmae.ops.masked_mse_loss (the module) is imported, the package attribute of
-# that name is the module, not the function (see the report / fastmae.ops lazy exports)
-from fastmae.ops.masked_mse_loss import masked_mse_loss
-from fastmae.ops.masking import random_masking
-from fastmae.ops.patchify_gather import patchify_gather
-from fastmae.ops.unshuffle import unshuffle_with_mask_token
+from fastmae.ops import masked_mse_loss, patchify_gather, random_masking, unshuffle_with_mask_token
 
 PATCH, CHANS, GRID_H, GRID_W, WIDTH = 4, 3, 3, 2, 8
 NUM_PATCHES, PATCH_DIM = GRID_H * GRID_W, PATCH * PATCH * CHANS
