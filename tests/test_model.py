@@ -166,7 +166,7 @@ def test_compiled_random_noise_and_return_pred():
 def test_inductor_compile_matches_reference():
     """The one inductor compile of this file: tiny model, forward + backward, fullgraph."""
     torch._dynamo.reset()
-    fast, reference = make_pair(norm_pix_loss=True)
+    fast, reference = make_pair(norm_pix_loss=True, depth=1)
     imgs, noise = make_inputs(fast, 2)
     loss, mask = _compiled_step(fast, "inductor")(imgs, noise)
     ref_loss, _, ref_mask = reference(imgs, 0.75, noise=noise)

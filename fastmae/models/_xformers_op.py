@@ -121,6 +121,6 @@ _xformers_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """(N, L, heads, hd) x3 -> (N, L, heads, hd) through xformers; CUDA tensors only."""
-    if q.device.type != "cuda":
+    if q.device.type not in ("cuda", "meta"):  # meta: shape-only tracing
         raise RuntimeError(_CPU_MESSAGE)
     return _xformers_forward(q, k, v, float(scale))[0]

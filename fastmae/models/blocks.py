@@ -22,8 +22,13 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. meta tensors: nothing to disable
+            return self._float32_layer_norm(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+            return self._float32_layer_norm(x)
+
+    def _float32_layer_norm(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype)
 
 
