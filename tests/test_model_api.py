@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,18 +174,18 @@ def test_xformers_on_cpu_raises_a_clear_error():
         model(imgs, 0.75, noise=noise)
 
 
-def test_xformers_model_compiles_fullgraph_on_meta():
-    """The custom op pair (forward, backward) traces with no graph break: a shape-only (meta) model with
-    attn_backend="xformers" compiles whole and back-propagates through the ops' fake implementations."""
+def test_xformers_block_compiles_fullgraph_on_meta():
+    """The custom op pair (forward, backward) traces with no graph break: a shape-only (meta) transformer
+    block with attn_backend="xformers" compiles whole and back-propagates through the ops' fake implementations."""
     pytest.importorskip("xformers.ops")
     torch._dynamo.reset()
     with torch.device("meta"):
-        model = create_model("mae_vit_test", attn_backend="xformers")
-        imgs, noise = torch.empty(2, 3, 16, 16), torch.empty(2, 16)
-    loss, _, mask = torch.compile(model, backend="aot_eager", fullgraph=True)(imgs, 0.75, noise=noise)
-    loss.backward()
-    assert loss.shape == () and mask.shape == (2, 16)
-    qkv = model.blocks[0].attn.qkv.weight
+        block = create_model("mae_vit_test", attn_backend="xformers").blocks[0]
+        tokens = torch.empty(2, 5, 32, requires_grad=True)
+    out = torch.compile(block, backend="aot_eager", fullgraph=True)(tokens)
+    out.sum().backward()
+    assert out.shape == tokens.shape and tokens.grad.shape == tokens.shape
+    qkv = block.attn.qkv.weight
     assert qkv.grad is not None and qkv.grad.shape == qkv.shape
     out, lse = torch.ops.fastmae.xformers_attention(*(torch.empty(2, 5, 3, 8, device="meta") for _ in range(3)), 0.1)
     assert out.shape == (2, 5, 3, 8) and lse.shape == (2, 3, 5) and lse.dtype == torch.float32
@@ -208,3 +210,12 @@ def test_xformers_custom_op_opcheck_and_values():
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
     for grad, t in zip(grads, (q2, k2, v2)):
         torch.testing.assert_close(grad, t.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_xformers_is_imported_only_when_chosen():
+    code = (
+        "import sys; from fastmae.models import create_model; create_model('mae_vit_test'); "
+        "print(any(m == 'xformers' or m.startswith('xformers.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
