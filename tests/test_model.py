@@ -97,14 +97,18 @@ def test_grad_checkpointing_gives_the_same_grads():
 
 
 # ------------------------------------------------------------------------------ autocast precision
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_dtype_rule(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "compiled"), [(torch.bfloat16, False), (torch.float16, False), (torch.bfloat16, True)]
+)
+def test_autocast_dtype_rule(dtype, compiled):
     """Under autocast, error against a float64 reference <= 2x the reference's own autocast error + atol."""
+    torch._dynamo.reset()
     fast, reference = make_pair(norm_pix_loss=True)
     reference64 = float64_copy(reference)
     imgs, noise = make_inputs(fast, 3)
+    run = torch.compile(fast, backend="aot_eager", fullgraph=True) if compiled else fast
     with torch.autocast("cpu", dtype=dtype):
-        (loss, pred, mask), (ref_loss, ref_pred, _) = _run_both(fast, reference, imgs, noise, 0.75)
+        (loss, pred, mask), (ref_loss, ref_pred, _) = _run_both(run, reference, imgs, noise, 0.75)
     # the reference's forward accepts only training dtypes: run its steps directly in float64
     latent64, mask64, ids_restore64 = reference64.forward_encoder(imgs.double(), 0.75, noise)
     pred64 = reference64.forward_decoder(latent64, ids_restore64)
