@@ -16,9 +16,7 @@ CONFIGS = {
 }
 
 
-def make_pair(
-    config: str = "square", **overrides: object
-) -> tuple[MaskedAutoencoderViT, torch.nn.Module]:
+def make_pair(config: str = "square", **overrides: object) -> tuple[MaskedAutoencoderViT, torch.nn.Module]:
     """A fast model and a reference model with the same weights (loaded strictly, reference -> fast)."""
     options = {**CONFIGS[config], **overrides}
     reference_options = {k: v for k, v in options.items() if k != "attn_backend"}

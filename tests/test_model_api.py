@@ -106,9 +106,9 @@ def test_official_checkpoint_file_full_and_encoder_only(tmp_path):
     decoder_before = copy.deepcopy(encoder_target.decoder_pred.state_dict())
     result = load_official_checkpoint(encoder_target, encoder_file)
     assert result.encoder_only
-    assert result.missing_keys and all(
-        k.startswith(("mask_token", "decoder_")) for k in result.missing_keys
-    ), result.missing_keys
+    assert result.missing_keys and all(k.startswith(("mask_token", "decoder_")) for k in result.missing_keys), (
+        result.missing_keys
+    )
     assert set(result.missing_keys) == set(fast.state_dict()) - set(fast.encoder_state_dict())
     imgs, _ = make_inputs(fast, 2)
     torch.testing.assert_close(encoder_target.forward_features(imgs), fast.forward_features(imgs), rtol=0, atol=0)

@@ -19,6 +19,7 @@ D encoder width, d decoder width.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -86,9 +87,7 @@ class MaskedAutoencoderViT(nn.Module):
         # decoder
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
-        )
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, backend) for _ in range(decoder_depth)
         )
@@ -148,13 +147,11 @@ class MaskedAutoencoderViT(nn.Module):
         proj = self.patch_embed.proj
         weight = proj.weight.permute(0, 2, 3, 1).reshape(proj.weight.shape[0], -1)  # (D, p*p*C)
         patches = patchify_gather(imgs, ids_keep, [self.patch_size, self.patch_size])  # (N, K, p*p*C)
-        tokens = torch.nn.functional.linear(patches, weight, proj.bias)
+        tokens = F.linear(patches, weight, proj.bias)
         pos = self.pos_embed[0, 1:, :].index_select(0, ids_keep.reshape(-1)).view(*ids_keep.shape, -1)
         return tokens + pos
 
-    def forward_encoder(
-        self, imgs: torch.Tensor, ids_keep: torch.Tensor
-    ) -> torch.Tensor:
+    def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """imgs (N, C, H, W), ids_keep (N, K) -> latent (N, 1+K, D), visible tokens in ids_keep order."""
         x = self._with_cls(self.embed_visible(imgs, ids_keep))
         return self.norm(self._run_blocks(self.blocks, x))
