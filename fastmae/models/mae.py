@@ -27,10 +27,7 @@ from fastmae import reference
 from fastmae._validation import check_images, num_kept, pair
 from fastmae.models.attention import AttnBackend, resolve_attn_backend
 from fastmae.models.blocks import Block, LayerNorm
-from fastmae.ops.masked_mse_loss import masked_mse_loss
-from fastmae.ops.masking import random_masking
-from fastmae.ops.patchify_gather import patchify_gather
-from fastmae.ops.unshuffle import unshuffle_with_mask_token
+from fastmae.ops import masked_mse_loss, patchify_gather, random_masking, unshuffle_with_mask_token
 
 
 def _gather_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
