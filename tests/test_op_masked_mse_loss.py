@@ -348,3 +348,16 @@ def test_bad_inputs_name_the_argument(bad: tuple) -> None:
     positional = [call.pop(k) for k in ("pred", "imgs", "ids_restore", "patch_size")]
     with pytest.raises(error, match=fragment):
         masked_mse_loss(*positional, **call)
+
+
+def test_compiles_on_meta_tensors() -> None:
+    """Shape-only tracing (meta inputs) must not create real tensors inside the op body."""
+    with torch.device("meta"):
+        imgs = torch.randn(2, 3, 16, 16)
+        pred = torch.randn(2, 12, 48, requires_grad=True)
+        ids_restore = torch.argsort(torch.rand(2, 16), dim=1)
+    compiled = torch.compile(lambda p, i, r: masked_mse_loss(p, i, r, 4, norm_pix=True), fullgraph=True,
+                             backend="aot_eager")
+    loss = compiled(pred, imgs, ids_restore)
+    loss.backward()
+    assert loss.shape == () and loss.device.type == "meta" and pred.grad.shape == pred.shape

@@ -200,7 +200,7 @@ def _denominator(
         return _row_weights(lay, mask, sample_weight, device).sum()
     if sample_weight is not None:
         return sample_weight.to(torch.float32).sum() * lay.rows
-    return torch.tensor(float(lay.batch * lay.rows), dtype=torch.float32, device=device)
+    return torch.full((), float(lay.batch * lay.rows), dtype=torch.float32, device=device)
 
 
 def _source_strides(lay: _Layout, source: torch.Tensor) -> tuple[int, ...]:
