@@ -45,7 +45,7 @@ from torch.library import triton_op, wrap_triton
 from fastmae._validation import FLOAT_DTYPES, check_float, check_tensor, same_device
 from fastmae.ops._backend import new_output, use_triton
 
-__all__ = ["bytes_moved", "blend_dtype", "mask_token_blend"]
+__all__ = ["blend_dtype", "bytes_moved", "mask_token_blend"]
 
 _TILE_ELEMENTS = 4096  # ROWS * BLOCK_D per program
 _TARGET_CHUNKS = 256  # row chunks of the backward: enough programs to fill a GPU, few partials to add
