@@ -55,6 +55,20 @@ _TARGET_CHUNKS = 256  # row chunks of the backward: enough programs to fill a GP
 
 
 @triton.jit
+def _rounded(values, out_ptr, OUT_BF16: tl.constexpr):
+    """float32 ``values`` in out_ptr's dtype, rounded to nearest even.
+
+    bfloat16 is rounded here with integer ops so the cast is exact: the GPU cast rounds to nearest even
+    but the interpreter's fp32 -> bf16 cast truncates, and the tests compare the interpreter's bits.
+    """
+    if OUT_BF16:
+        bits = values.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        values = tl.where(values != values, values, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
+    return values.to(out_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _blend_kernel(
     x_ptr,
     mask_ptr,
@@ -71,6 +85,7 @@ def _blend_kernel(
     token_stride_d,
     ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    OUT_BF16: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -85,7 +100,7 @@ def _blend_kernel(
     x = tl.load(x_ptr + x_offsets, mask=tile_ok).to(tl.float32)
     # the same operations in the same order as x * (1 - w) + token * w
     out = x * (1.0 - weight)[:, None] + token[None, :] * weight[:, None]
-    tl.store(out_ptr + rows[:, None] * dim + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=tile_ok)
+    tl.store(out_ptr + rows[:, None] * dim + cols[None, :], _rounded(out, out_ptr, OUT_BF16), mask=tile_ok)
 
 
 @triton.jit
@@ -105,6 +120,7 @@ def _blend_backward_kernel(
     ROWS_PER_PROGRAM: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    OUT_BF16: tl.constexpr,
 ):
     chunk = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -122,13 +138,16 @@ def _blend_backward_kernel(
         grad_offsets = (b * grad_stride_b + pos * grad_stride_l)[:, None] + cols[None, :] * grad_stride_d
         grad = tl.load(grad_ptr + grad_offsets, mask=tile_ok, other=0).to(tl.float32)
         grad_x = grad * (1.0 - weight)[:, None]
-        tl.store(grad_x_ptr + rows[:, None] * dim + cols[None, :], grad_x.to(grad_x_ptr.dtype.element_ty), mask=tile_ok)
+        grad_x = _rounded(grad_x, grad_x_ptr, OUT_BF16)
+        tl.store(grad_x_ptr + rows[:, None] * dim + cols[None, :], grad_x, mask=tile_ok)
         token_sum += tl.sum(grad * weight[:, None], axis=0)
     tl.store(partial_ptr + chunk * dim + cols, token_sum, mask=col_ok)
 
 
 @triton.jit
-def _sum_partials_kernel(partial_ptr, out_ptr, num_chunks, dim, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+def _sum_partials_kernel(
+    partial_ptr, out_ptr, num_chunks, dim, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, OUT_BF16: tl.constexpr
+):
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     col_ok = cols < dim
     total = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -136,7 +155,7 @@ def _sum_partials_kernel(partial_ptr, out_ptr, num_chunks, dim, BLOCK_C: tl.cons
         chunks = start + tl.arange(0, BLOCK_C).to(tl.int64)
         tile_ok = (chunks < num_chunks)[:, None] & col_ok[None, :]
         total += tl.sum(tl.load(partial_ptr + chunks[:, None] * dim + cols[None, :], mask=tile_ok, other=0.0), axis=0)
-    tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=col_ok)
+    tl.store(out_ptr + cols, _rounded(total, out_ptr, OUT_BF16), mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -162,7 +181,7 @@ def _launch_forward(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tenso
     wrap_triton(_blend_kernel)[grid](
         x, _as_weight(mask), mask_token, out, num_rows, seq_len, dim,
         *x.stride(), *mask.stride(), mask_token.stride(2),
-        ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
+        ROWS=rows, BLOCK_D=block_d, OUT_BF16=out.dtype == torch.bfloat16, num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -178,12 +197,14 @@ def _launch_backward(
     wrap_triton(_blend_backward_kernel)[(num_chunks, triton.cdiv(dim, block_d))](
         grad_out, _as_weight(mask), grad_x, partials, num_rows, seq_len, dim,
         *grad_out.stride(), *mask.stride(),
-        ROWS_PER_PROGRAM=rows_per_program, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
+        ROWS_PER_PROGRAM=rows_per_program, ROWS=rows, BLOCK_D=block_d, OUT_BF16=grad_x.dtype == torch.bfloat16,
+        num_warps=num_warps,
     )  # fmt: skip
     block_c = max(1, _TILE_ELEMENTS // block_d)
     wrap_triton(_sum_partials_kernel)[(triton.cdiv(dim, block_d),)](
-        partials, grad_token, num_chunks, dim, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=num_warps
-    )
+        partials, grad_token, num_chunks, dim, BLOCK_C=block_c, BLOCK_D=block_d,
+        OUT_BF16=grad_token.dtype == torch.bfloat16, num_warps=num_warps,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- ops
