@@ -154,7 +154,7 @@ def test_videomae_step_matches_plain_torch_and_learns() -> None:
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     generator = torch.Generator().manual_seed(1)
     losses = [float(train_step(model, optimizer, video, generator)) for _ in range(20)]
-    assert sum(losses[-5:]) / 5 < 0.8 * losses[0], f"loss did not decrease: {losses[0]:.3f} -> {losses[-5:]}"
+    assert sum(losses[-5:]) / 5 < 0.85 * losses[0], f"loss did not decrease: {losses[0]:.3f} -> {losses[-5:]}"
 
 
 if __name__ == "__main__":
