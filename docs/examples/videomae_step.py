@@ -134,13 +134,8 @@ def plain_torch_loss(model: TinyVideoMAE, video: torch.Tensor, masking) -> torch
     return (per_tubelet * masking.mask).sum() / masking.mask.sum()
 
 
-def test_videomae_step_matches_plain_torch_and_learns() -> None:
-    torch.manual_seed(0)
-    model = TinyVideoMAE()
-    video = smooth_clips(3)
-    masking = tube_masking(3, model.grid_size, 0.75, generator=torch.Generator().manual_seed(0))
-    assert masking.num_keep == 2 * 4  # T' = 2 slices x int(16 * 0.25) positions
-
+def check_against_plain_torch(model: TinyVideoMAE, video: torch.Tensor, masking) -> None:
+    """Loss and every parameter gradient of the fastmae step match the plain-torch step."""
     params = [p for p in model.parameters() if p.requires_grad]
     ours = videomae_loss(model, video, masking)
     ours_grads = torch.autograd.grad(ours, params)
@@ -151,6 +146,25 @@ def test_videomae_step_matches_plain_torch_and_learns() -> None:
         assert torch.isfinite(grad).all()
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
 
+
+def test_videomae_kernels_match_plain_torch(monkeypatch) -> None:
+    """The same step through the Triton kernels (FASTMAE_BACKEND=triton; CPU tensors need TRITON_INTERPRET=1)."""
+    monkeypatch.setenv("FASTMAE_BACKEND", "triton")
+    torch.manual_seed(0)
+    model = TinyVideoMAE()
+    masking = tube_masking(2, model.grid_size, 0.75, generator=torch.Generator().manual_seed(0))
+    check_against_plain_torch(model, smooth_clips(2), masking)
+
+
+def test_videomae_step_matches_plain_torch_and_learns() -> None:
+    torch.manual_seed(0)
+    model = TinyVideoMAE()
+    video = smooth_clips(3)
+    masking = tube_masking(3, model.grid_size, 0.75, generator=torch.Generator().manual_seed(0))
+    assert masking.num_keep == 2 * 4  # T' = 2 slices x int(16 * 0.25) positions
+    check_against_plain_torch(model, video, masking)
+
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     generator = torch.Generator().manual_seed(1)
     losses = [float(train_step(model, optimizer, video, generator)) for _ in range(20)]
