@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from fastmae.ops import mask_token_blend
 from fastmae.ops.mask_token_blend import blend_dtype
 from tests.op_testing import DTYPES, assert_bitwise_equal, assert_dtype_rule
+
+# the module itself (``import fastmae.ops.mask_token_blend as m`` first would shadow the lazily exported function)
+blend_module = sys.modules[blend_dtype.__module__]
 
 BACKENDS = ("triton", "torch")
 
@@ -155,6 +160,22 @@ def test_non_finite_values_propagate_like_plain_torch(backend: str) -> None:
     assert torch.equal(out[finite], ref[finite])
 
 
+@pytest.mark.parametrize("target_chunks", [256, 2])
+def test_backward_loops_over_rows_and_partials(
+    backend: str, target_chunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(2, 150, 300): 19 row chunks, more than one partial-sum tile; with 2 target chunks each program loops
+    over 16 row tiles. grad_x bitwise, grad_mask_token by the dtype rule."""
+    monkeypatch.setattr(blend_module, "_TARGET_CHUNKS", target_chunks)
+    x, mask, token = make_inputs((2, 150, 300), torch.bfloat16, "binary")
+    grad_out = torch.randn(2, 150, 300).to(torch.bfloat16)
+    _, grad_x, grad_token = grads(mask_token_blend, x, mask, token, grad_out)
+    _, ref_grad_x, ref_grad_token = grads(reference_blend, x, mask, token, grad_out)
+    _, _, exact_token = grads(reference_blend, *as_double(x, mask, token), grad_out.double())
+    assert_bitwise_equal(grad_x, ref_grad_x, "grad_x")
+    assert_dtype_rule(grad_token, ref_grad_token, exact_token, atol=1e-5, name="grad_mask_token")
+
+
 def test_token_gradient_is_deterministic(backend: str) -> None:
     x, mask, token = make_inputs((3, 200, 5), torch.float32, "fractional")
     grad_out = torch.randn(3, 200, 5)
@@ -177,6 +198,13 @@ def test_autocast_keeps_plain_torch_dtypes(backend: str) -> None:
     assert_bitwise_equal(out, ref, "out under autocast")
 
 
+@pytest.fixture
+def torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registered op's plain-torch body (also when the environment forces FASTMAE_BACKEND=triton)."""
+    monkeypatch.setenv("FASTMAE_BACKEND", "torch")
+
+
+@pytest.mark.usefixtures("torch_backend")
 def test_opcheck() -> None:
     x = torch.randn(2, 5, 7, requires_grad=True)
     token = torch.randn(1, 1, 7, requires_grad=True)
@@ -188,6 +216,7 @@ def test_opcheck() -> None:
     )
 
 
+@pytest.mark.usefixtures("torch_backend")
 def test_double_backward_gradgradcheck() -> None:
     """The backward op is differentiable too (its adjoint is the blend): gradgradcheck in float64, torch path."""
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -196,6 +225,7 @@ def test_double_backward_gradgradcheck() -> None:
     assert torch.autograd.gradgradcheck(lambda a, t: torch.ops.fastmae.mask_token_blend(a, mask, t), (x, token))
 
 
+@pytest.mark.usefixtures("torch_backend")
 def test_compile_fullgraph_matches_eager() -> None:
     """The registered CPU path (the interpreter cannot run on fake tensors; on CUDA the body traces the kernels)."""
     def step(x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

@@ -146,12 +146,21 @@ def _blend_backward_kernel(
 
 @triton.jit
 def _sum_partials_kernel(
-    partial_ptr, out_ptr, num_chunks, dim, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, OUT_BF16: tl.constexpr
+    partial_ptr,
+    out_ptr,
+    num_chunks,
+    dim,
+    MAX_CHUNKS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    OUT_BF16: tl.constexpr,
 ):
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     col_ok = cols < dim
     total = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for start in range(0, num_chunks, BLOCK_C):
+    # a static loop (MAX_CHUNKS = next power of 2 of num_chunks): few variants, and triton 3.6's interpreter
+    # cannot take a runtime loop bound
+    for start in range(0, MAX_CHUNKS, BLOCK_C):
         chunks = start + tl.arange(0, BLOCK_C).to(tl.int64)
         tile_ok = (chunks < num_chunks)[:, None] & col_ok[None, :]
         total += tl.sum(tl.load(partial_ptr + chunks[:, None] * dim + cols[None, :], mask=tile_ok, other=0.0), axis=0)
@@ -200,9 +209,10 @@ def _launch_backward(
         ROWS_PER_PROGRAM=rows_per_program, ROWS=rows, BLOCK_D=block_d, OUT_BF16=grad_x.dtype == torch.bfloat16,
         num_warps=num_warps,
     )  # fmt: skip
-    block_c = max(1, _TILE_ELEMENTS // block_d)
+    max_chunks = triton.next_power_of_2(num_chunks)
+    block_c = min(max_chunks, max(1, _TILE_ELEMENTS // block_d))
     wrap_triton(_sum_partials_kernel)[(triton.cdiv(dim, block_d),)](
-        partials, grad_token, num_chunks, dim, BLOCK_C=block_c, BLOCK_D=block_d,
+        partials, grad_token, num_chunks, dim, MAX_CHUNKS=max_chunks, BLOCK_C=block_c, BLOCK_D=block_d,
         OUT_BF16=grad_token.dtype == torch.bfloat16, num_warps=num_warps,
     )  # fmt: skip
 
