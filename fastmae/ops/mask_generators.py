@@ -191,6 +191,7 @@ def grid_masking(
     K = ceil(gh / sh) * ceil(gw / sw) (a 2x2 stride keeps 25%); it must leave at least one patch removed.
     ids_shuffle lists the kept patches first, then the removed ones, both in patch (row-major) order, so the
     visible tokens form a regular (ceil(gh/sh), ceil(gw/sw)) grid in row-major order.
+    ``generator`` (for the offsets) must live on ``device``, as for torch.randint.
     """
     _check_batch(batch)
     grid_h, grid_w = pair(grid_size, "grid_size")
