@@ -237,3 +237,18 @@ def test_generators_place_results_on_device() -> None:
         grid_masking(2, (4, 4), device="meta"),
     ):
         assert all(t.device.type == "meta" for t in result[:4])
+
+
+def test_vectorised_generators_compile_fullgraph() -> None:
+    """tube_masking (with its noise given) and grid_masking trace with no graph break and match eager."""
+
+    def draw(noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tube = tube_masking(2, (2, 3, 4), 0.75, noise=noise)
+        grid = grid_masking(2, (4, 6), stride=(2, 3))
+        return (*tube[:4], *grid[:4])
+
+    torch._dynamo.reset()
+    compiled = torch.compile(draw, fullgraph=True, backend="aot_eager")
+    noise = torch.rand(2, 12)
+    for got, expected in zip(compiled(noise), draw(noise)):
+        assert torch.equal(got, expected)

@@ -226,11 +226,6 @@ def blend_dtype(x_dtype: torch.dtype, mask_dtype: torch.dtype, token_dtype: torc
     return dtype if mask_dtype == torch.bool else torch.promote_types(dtype, mask_dtype)
 
 
-def _weight_column(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) mask -> (B, L, 1) float32 weights (exact for bool and every float mask dtype)."""
-    return mask.to(torch.float32).unsqueeze(-1)
-
-
 @triton_op("fastmae::mask_token_blend", mutates_args=())
 def _mask_token_blend_op(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
     out_dtype = blend_dtype(x.dtype, mask.dtype, mask_token.dtype)
@@ -239,7 +234,7 @@ def _mask_token_blend_op(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.
         _launch_forward(x, mask, mask_token, out)
         return out
     compute = torch.promote_types(out_dtype, torch.float32)  # float32 math, float64 stays float64
-    weight = _weight_column(mask).to(compute)
+    weight = mask.to(compute).unsqueeze(-1)  # exact for bool and every float mask dtype
     blended = x.to(compute) * (1 - weight) + mask_token.to(compute) * weight
     return blended.to(out_dtype).contiguous()
 
@@ -255,7 +250,7 @@ def _mask_token_blend_backward_op(
         _launch_backward(grad_out, mask, grad_x, grad_token)
         return grad_x, grad_token
     compute = torch.promote_types(grad_out.dtype, torch.float32)
-    weight = _weight_column(mask).to(compute)
+    weight = mask.to(compute).unsqueeze(-1)
     grad = grad_out.to(compute)
     grad_x = (grad * (1 - weight)).to(x_dtype).contiguous()
     grad_token = (grad * weight).sum(dim=(0, 1), keepdim=True).to(token_dtype)
