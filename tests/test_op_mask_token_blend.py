@@ -7,11 +7,10 @@ import sys
 import pytest
 import torch
 
-from fastmae.ops import mask_token_blend
-from fastmae.ops.mask_token_blend import blend_dtype
+from fastmae.ops.mask_token_blend import blend_dtype, mask_token_blend
 from tests.op_testing import DTYPES, assert_bitwise_equal, assert_dtype_rule
 
-# the module itself (``import fastmae.ops.mask_token_blend as m`` first would shadow the lazily exported function)
+# the module object: fastmae.ops.mask_token_blend may be the module or the function, depending on import order
 blend_module = sys.modules[blend_dtype.__module__]
 
 BACKENDS = ("triton", "torch")
