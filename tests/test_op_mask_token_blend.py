@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from fastmae.ops.mask_token_blend import blend_dtype, mask_token_blend
+import fastmae.ops.blend as blend_module
+from fastmae.ops import mask_token_blend
+from fastmae.ops.blend import blend_dtype
 from tests.op_testing import DTYPES, assert_bitwise_equal, assert_dtype_rule
-
-# the module object: fastmae.ops.mask_token_blend may be the module or the function, depending on import order
-blend_module = sys.modules[blend_dtype.__module__]
 
 BACKENDS = ("triton", "torch")
 

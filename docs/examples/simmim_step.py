@@ -21,12 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmae import reference
-
-# from the defining modules: ``from fastmae.ops import masked_mse_loss`` returns the module instead of the
-# function once something has imported ``fastmae.ops.masked_mse_loss`` first (a lazy-export pitfall)
-from fastmae.ops.mask_generators import block_masking
-from fastmae.ops.mask_token_blend import mask_token_blend
-from fastmae.ops.masked_mse_loss import masked_mse_loss
+from fastmae.ops import block_masking, mask_token_blend, masked_mse_loss
 
 
 class TinySimMIM(nn.Module):

@@ -28,13 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmae import reference
-
-# from the defining modules: ``from fastmae.ops import patchify_gather`` returns the module instead of the
-# function once something has imported ``fastmae.ops.patchify_gather`` first (a lazy-export pitfall)
-from fastmae.ops.mask_generators import tube_masking
-from fastmae.ops.masked_mse_loss import masked_mse_loss
-from fastmae.ops.patchify_gather import patchify_gather
-from fastmae.ops.unshuffle import unshuffle_with_mask_token
+from fastmae.ops import masked_mse_loss, patchify_gather, tube_masking, unshuffle_with_mask_token
 
 
 def sincos_table(dim: int, num_tokens: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "patchify_gather": "patchify_gather",
     "unshuffle_with_mask_token": "unshuffle",
     "masked_mse_loss": "masked_mse_loss",
-    "mask_token_blend": "mask_token_blend",
+    "mask_token_blend": "blend",
     "block_masking": "mask_generators",
     "grid_masking": "mask_generators",
     "tube_masking": "mask_generators",
