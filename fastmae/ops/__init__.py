@@ -17,11 +17,15 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "MaskingResult": "masking",
     "random_masking": "masking",
-    "patchify": "patchify",
-    "unpatchify": "patchify",
+    "patchify": "patches",
+    "unpatchify": "patches",
     "patchify_gather": "gather",
     "unshuffle_with_mask_token": "unshuffle",
     "masked_mse_loss": "loss",
+    "mask_token_blend": "blend",
+    "block_masking": "mask_generators",
+    "grid_masking": "mask_generators",
+    "tube_masking": "mask_generators",
 }
 
 __all__ = sorted(_EXPORTS)
