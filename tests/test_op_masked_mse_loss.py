@@ -365,3 +365,64 @@ def test_compiles_on_meta_tensors() -> None:
     loss = compiled(pred, imgs, ids_restore)
     loss.backward()
     assert loss.shape == () and loss.device.type == "meta" and pred.grad.shape == pred.shape
+
+
+
+def check_last_sample_only(form: str, batch: int, chans: int, side: int, p: int, device: torch.device) -> None:
+    """Only the last sample counts (sample_weight, or a mask, zero elsewhere): the loss and the gradients of pred
+    and imgs (bf16) against the reference computed on that sample only; every other gradient must be zero."""
+    dtype = torch.bfloat16
+    length, dim = (side // p) ** 2, p * p * chans
+    keep = length // 4
+    imgs = torch.randn(batch, chans, side, side, device=device, dtype=dtype, requires_grad=True)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    pred = torch.randn(batch, length - keep if form == "removed" else length, dim, device=device, dtype=dtype,
+                       requires_grad=True)  # fmt: skip
+    if form == "removed":
+        last_only = torch.zeros(batch, device=device)
+        last_only[-1] = 1.0
+        loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True, sample_weight=last_only)
+    else:
+        mask[:-1] = 0.0
+        loss = masked_mse_loss(pred, imgs, None, p, norm_pix=True, mask=mask)
+    grad_pred, grad_imgs = torch.autograd.grad(loss, (pred, imgs))
+    assert torch.count_nonzero(grad_pred[:-1]).item() == 0, "grad pred of a zero-weight sample"
+    assert torch.count_nonzero(grad_imgs[:-1]).item() == 0, "grad imgs of a zero-weight sample"
+
+    removed = ids_shuffle[-1:, keep:]
+    losses, grads = {}, {}
+    for name, cast in (("same", dtype), ("exact", torch.float64)):
+        if form == "removed":  # the removed rows in a full-length pred; kept rows do not count
+            full = torch.zeros(1, length, dim, device=device, dtype=cast)
+            full[0, removed[0]] = pred[-1:].detach().to(cast)
+        else:
+            full = pred[-1:].detach().to(cast)
+        leaves = (full.requires_grad_(), imgs[-1:].detach().to(cast).requires_grad_())
+        reference_loss = reference.mae_loss(leaves[1], leaves[0], mask[-1:].to(cast), p, True)
+        losses[name] = reference_loss.detach()
+        grad_full, grad_image = torch.autograd.grad(reference_loss, leaves)
+        grads[name] = (_rows(grad_full, removed) if form == "removed" else grad_full, grad_image)
+    assert_dtype_rule(loss, losses["same"], losses["exact"], atol=_atol(losses["exact"], torch.float32), name="loss")
+    for index, name in enumerate(("grad pred", "grad imgs")):
+        exact = grads["exact"][index]
+        got = (grad_pred, grad_imgs)[index][-1:]
+        assert_dtype_rule(got, grads["same"][index], exact, atol=_grad_atol(exact, dtype), name=name)
+
+
+@pytest.mark.parametrize("form", ["removed", "mask"])
+def test_zero_weight_samples(backend: str, form: str, device: torch.device) -> None:
+    check_last_sample_only(form, batch=3, chans=3, side=12, p=4, device=device)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["removed", "mask"])
+def test_int64_offsets_past_2_31(form: str, use_backend, cuda_device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """bf16 images and pred with more than 2^31 elements (~6 GB each; GPU only, the compiled kernels): the last
+    sample, the only one that counts, is read and written past 2^31."""
+    use_backend("triton")
+    batch, chans, side, p = 45, 1, 8192, 16
+    length = (side // p) ** 2
+    rows = length - length // 4 if form == "removed" else length
+    assert (batch - 1) * chans * side * side > 2**31, "the last image must start past 2^31"
+    assert (batch - 1) * rows * p * p * chans > 2**31, "the last sample's pred rows must start past 2^31"
+    check_last_sample_only(form, batch, chans, side, p, cuda_device)
