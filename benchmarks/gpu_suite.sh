@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_suite.sh STAGE [OUTPUT_DIR]      # OUTPUT_DIR defaults to $OUT, else ./gpu_out
 #
-# Stages: tests, ops, loader, step-b, step-l, step-h, e2e, profile, all (all = every stage in turn,
+# Stages: tests, sanitize, ops, loader, step-b, step-l, step-h, e2e, profile, all (all = every stage in turn,
 # for a machine with no time limit). Each stage installs fastmae from this tree (no native build
 # unless FASTMAE_BUILD_NATIVE=1), installs the wheels carried in .whl/ (xformers, DALI's pure-Python
 # needs) and a DALI wheel assembled from the parts carried in .dali*/ when present, runs, and packs
@@ -48,6 +48,16 @@ run_stage() {
             # kernels on the GPU for real: no interpreter; the op tests take their CUDA parametrisations
             TRITON_INTERPRET=0 FASTMAE_TEST_DEVICE=cuda $python -m pytest tests -q -x --timeout 300 \
                 -p no:cacheprovider --junitxml="$res/tests.xml" ;;
+        sanitize)
+            # every Triton kernel, forward and backward, under compute-sanitizer memcheck then racecheck;
+            # no caching allocator, so memcheck sees each tensor's own bounds (scripts/sanitize_kernels.py)
+            local sanitizer tool failed=0
+            sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+            for tool in memcheck racecheck; do
+                TRITON_INTERPRET=0 PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 \
+                    $python scripts/sanitize_kernels.py 2>&1 | tee "$res/sanitize-$tool.log" || failed=1
+            done
+            return $failed ;;
         ops)
             $python benchmarks/bench_ops.py --out "$res/ops.jsonl" ;;
         loader)
@@ -66,14 +76,15 @@ run_stage() {
         profile)
             $python benchmarks/profile_step.py --out "$res" ;;
         *)
-            echo "unknown stage $name (tests, ops, loader, step-b, step-l, step-h, e2e, profile, all)"; return 2 ;;
+            echo "unknown stage $name (tests, sanitize, ops, loader, step-b, step-l, step-h, e2e, profile, all)"
+            return 2 ;;
     esac
 }
 
 status=0
 if install; then
     if [ "$stage" = all ]; then
-        for s in tests ops loader step-b step-l step-h e2e profile; do run_stage "$s" || status=$?; done
+        for s in tests sanitize ops loader step-b step-l step-h e2e profile; do run_stage "$s" || status=$?; done
     else
         run_stage "$stage" || status=$?
     fi

@@ -16,19 +16,24 @@ CONFIGS = {
 }
 
 
-def make_pair(config: str = "square", **overrides: object) -> tuple[MaskedAutoencoderViT, torch.nn.Module]:
-    """A fast model and a reference model with the same weights (loaded strictly, reference -> fast)."""
+def make_pair(
+    config: str = "square", *, device: torch.device | str = "cpu", **overrides: object
+) -> tuple[MaskedAutoencoderViT, torch.nn.Module]:
+    """A fast model and a reference model with the same weights (loaded strictly, reference -> fast), on
+    ``device`` (initialised on the CPU, so the weights do not depend on the device)."""
     options = {**CONFIGS[config], **overrides}
     reference_options = {k: v for k, v in options.items() if k != "attn_backend"}
     reference = create_reference_model("mae_vit_test", **reference_options)
     fast = create_model("mae_vit_test", **options)
     fast.load_state_dict(reference.state_dict(), strict=True)
-    return fast, reference
+    return fast.to(device), reference.to(device)
 
 
-def make_inputs(model: MaskedAutoencoderViT, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    imgs = torch.randn(batch, model.in_chans, *model.img_size)
-    noise = torch.rand(batch, model.num_patches)
+def make_inputs(model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and masking noise on the model's device."""
+    device = next(model.parameters()).device
+    imgs = torch.randn(batch, model.in_chans, *model.img_size, device=device)
+    noise = torch.rand(batch, model.num_patches, device=device)
     return imgs, noise
 
 

@@ -1,4 +1,4 @@
-"""The fast MAE against the reference: forward, gradients, precision, compile, saved memory."""
+"""The fast MAE against the reference: forward, gradients, precision, compile, saved memory, on ``device``."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def _run_both(fast, reference, imgs, noise, mask_ratio, *, return_pred=True):
         ("two_rows", "math", False, 1, 0.8),
     ],
 )
-def test_matches_reference_fp32(config, backend, norm_pix, batch, mask_ratio):
-    fast, reference = make_pair(config, norm_pix_loss=norm_pix, attn_backend=backend)
+def test_matches_reference_fp32(config, backend, norm_pix, batch, mask_ratio, device):
+    fast, reference = make_pair(config, device=device, norm_pix_loss=norm_pix, attn_backend=backend)
     imgs, noise = make_inputs(fast, batch)
     (loss, pred, mask), (ref_loss, ref_pred, ref_mask) = _run_both(fast, reference, imgs, noise, mask_ratio)
     assert loss.dtype == torch.float32 and loss.shape == ()
@@ -49,8 +49,8 @@ def test_matches_reference_fp32(config, backend, norm_pix, batch, mask_ratio):
     assert_grads_close(fast, reference)
 
 
-def test_head_on_removed_tokens_gives_the_same_loss_and_grads():
-    fast, _ = make_pair(norm_pix_loss=True)
+def test_head_on_removed_tokens_gives_the_same_loss_and_grads(device):
+    fast, _ = make_pair(device=device, norm_pix_loss=True)
     imgs, noise = make_inputs(fast, 3)
     loss_full, pred, _ = fast(imgs, 0.75, noise=noise, return_pred=True)
     loss_full.backward()
@@ -64,17 +64,17 @@ def test_head_on_removed_tokens_gives_the_same_loss_and_grads():
         assert_close_rel(grad, full_grads[name], f"grad {name}", tol=1e-6)
 
 
-def test_random_noise_when_none_masks_the_official_count():
-    fast, _ = make_pair()
+def test_random_noise_when_none_masks_the_official_count(device):
+    fast, _ = make_pair(device=device)
     imgs, _ = make_inputs(fast, 4)
     loss, _, mask = fast(imgs, 0.75)
     assert torch.isfinite(loss)
-    assert torch.equal(mask.sum(1), torch.full((4,), 12.0)), "L - int(L * 0.25) = 12 removed per sample"
+    assert torch.equal(mask.sum(1), torch.full((4,), 12.0, device=device)), "L - int(L * 0.25) = 12 removed per sample"
     assert fast.num_keep(0.75) == 4
 
 
-def test_forward_features_matches_reference_encoder_without_masking():
-    fast, reference = make_pair("two_rows")
+def test_forward_features_matches_reference_encoder_without_masking(device):
+    fast, reference = make_pair("two_rows", device=device)
     imgs, _ = make_inputs(fast, 2)
     features = fast.forward_features(imgs)
     x = reference.patch_embed(imgs) + reference.pos_embed[:, 1:]
@@ -86,8 +86,8 @@ def test_forward_features_matches_reference_encoder_without_masking():
     assert_close_rel(features, expected, "features")
 
 
-def test_grad_checkpointing_gives_the_same_grads():
-    fast, reference = make_pair(norm_pix_loss=True)
+def test_grad_checkpointing_gives_the_same_grads(device):
+    fast, reference = make_pair(device=device, norm_pix_loss=True)
     fast.set_grad_checkpointing(True)
     assert fast.grad_checkpointing
     imgs, noise = make_inputs(fast, 2)
@@ -100,14 +100,14 @@ def test_grad_checkpointing_gives_the_same_grads():
 @pytest.mark.parametrize(
     ("dtype", "compiled"), [(torch.bfloat16, False), (torch.float16, False), (torch.bfloat16, True)]
 )
-def test_autocast_dtype_rule(dtype, compiled):
+def test_autocast_dtype_rule(dtype, compiled, device):
     """Under autocast, error against a float64 reference <= 2x the reference's own autocast error + atol."""
     torch._dynamo.reset()
-    fast, reference = make_pair(norm_pix_loss=True)
+    fast, reference = make_pair(device=device, norm_pix_loss=True)
     reference64 = float64_copy(reference)
     imgs, noise = make_inputs(fast, 3)
     run = torch.compile(fast, backend="aot_eager", fullgraph=True) if compiled else fast
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(device.type, dtype=dtype):
         (loss, pred, mask), (ref_loss, ref_pred, _) = _run_both(run, reference, imgs, noise, 0.75)
     # the reference's forward accepts only training dtypes: run its steps directly in float64
     latent64, mask64, ids_restore64 = reference64.forward_encoder(imgs.double(), 0.75, noise)
@@ -138,10 +138,10 @@ def _compiled_step(model, backend):
 
 
 @pytest.mark.parametrize("backend", ["auto", "math"])
-def test_compiled_fullgraph_matches_reference(backend):
+def test_compiled_fullgraph_matches_reference(backend, device):
     """forward + backward traces with fullgraph=True (aot_eager) and agrees with the eager reference."""
     torch._dynamo.reset()
-    fast, reference = make_pair("two_rows", norm_pix_loss=True, attn_backend=backend)
+    fast, reference = make_pair("two_rows", device=device, norm_pix_loss=True, attn_backend=backend)
     fast.set_grad_checkpointing(backend == "math")
     imgs, noise = make_inputs(fast, 3)
     loss, mask = _compiled_step(fast, "aot_eager")(imgs, noise)
@@ -152,9 +152,9 @@ def test_compiled_fullgraph_matches_reference(backend):
     assert_grads_close(fast, reference)
 
 
-def test_compiled_random_noise_and_return_pred():
+def test_compiled_random_noise_and_return_pred(device):
     torch._dynamo.reset()
-    fast, _ = make_pair()
+    fast, _ = make_pair(device=device)
     imgs, noise = make_inputs(fast, 2)
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     loss, pred, mask = compiled(imgs, 0.75, noise=noise, return_pred=True)
@@ -163,14 +163,14 @@ def test_compiled_random_noise_and_return_pred():
     torch.testing.assert_close(pred, eager_pred, rtol=1e-6, atol=1e-7)
     assert torch.equal(mask, eager_mask)
     random_loss, _, random_mask = compiled(imgs, 0.75)  # noise drawn inside the graph
-    assert torch.isfinite(random_loss) and torch.equal(random_mask.sum(1), torch.full((2,), 12.0))
+    assert torch.isfinite(random_loss) and torch.equal(random_mask.sum(1), torch.full((2,), 12.0, device=device))
 
 
 @pytest.mark.inductor
-def test_inductor_compile_matches_reference():
+def test_inductor_compile_matches_reference(device):
     """The one inductor compile of this file: tiny model, forward + backward, fullgraph."""
     torch._dynamo.reset()
-    fast, reference = make_pair(norm_pix_loss=True, depth=1)
+    fast, reference = make_pair(device=device, norm_pix_loss=True, depth=1)
     imgs, noise = make_inputs(fast, 2)
     loss, mask = _compiled_step(fast, "inductor")(imgs, noise)
     ref_loss, _, ref_mask = reference(imgs, 0.75, noise=noise)
@@ -181,10 +181,11 @@ def test_inductor_compile_matches_reference():
 
 
 # ------------------------------------------------------------------------------ Triton kernels compose
-def test_triton_backend_through_the_model(monkeypatch):
-    """The op kernels (TRITON_INTERPRET on CPU) give the same model outputs and grads as the reference."""
-    monkeypatch.setenv("FASTMAE_BACKEND", "triton")
-    fast, reference = make_pair("two_rows", norm_pix_loss=True)
+def test_triton_backend_through_the_model(use_backend, device):
+    """The op kernels (TRITON_INTERPRET on CPU, compiled on CUDA) give the same model outputs and grads as the
+    reference."""
+    use_backend("triton")
+    fast, reference = make_pair("two_rows", device=device, norm_pix_loss=True)
     imgs, noise = make_inputs(fast, 2)
     (loss, pred, mask), (ref_loss, ref_pred, ref_mask) = _run_both(fast, reference, imgs, noise, 0.75)
     assert torch.equal(mask, ref_mask)
@@ -215,8 +216,8 @@ def _saved_tensors(model, imgs, noise):
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_saves_less_than_reference_and_no_full_length_buffers(norm_pix):
-    fast, reference = make_pair(norm_pix_loss=norm_pix)
+def test_saves_less_than_reference_and_no_full_length_buffers(norm_pix, device):
+    fast, reference = make_pair(device=device, norm_pix_loss=norm_pix)
     imgs, noise = make_inputs(fast, 3)
     fast_saved = _saved_tensors(fast, imgs, noise)
     reference_saved = _saved_tensors(reference, imgs, noise)
@@ -229,8 +230,8 @@ def test_saves_less_than_reference_and_no_full_length_buffers(norm_pix):
     assert fast_bytes < reference_bytes, f"fastmae saves {fast_bytes} B, the reference {reference_bytes} B"
 
 
-def test_grad_checkpointing_saves_fewer_bytes():
-    fast, _ = make_pair()
+def test_grad_checkpointing_saves_fewer_bytes(device):
+    fast, _ = make_pair(device=device)
     imgs, noise = make_inputs(fast, 3)
     plain = sum(b for _, b in _saved_tensors(fast, imgs, noise))
     fast.set_grad_checkpointing(True)

@@ -1,4 +1,5 @@
-"""masked_mse_loss against the reference MAE loss: both backends, forward and backward, all the call forms."""
+"""masked_mse_loss against the reference MAE loss: both backends, forward and backward, all the call forms, on
+``device`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ EPS = 1e-6  # the spec's norm_pix epsilon, also the op's default
 
 
 @pytest.fixture(params=["triton", "torch"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Kernel path under the interpreter, or the plain PyTorch path; outputs poisoned with NaN either way."""
-    monkeypatch.setenv("FASTMAE_BACKEND", request.param)
-    monkeypatch.setenv("FASTMAE_DEBUG", "1")
-    return request.param
+def backend(request: pytest.FixtureRequest, use_backend) -> str:  # type: ignore[no-untyped-def]
+    """The kernel path (interpreted on CPU, compiled on CUDA) or the plain PyTorch path; outputs poisoned
+    with NaN either way."""
+    return use_backend(request.param, debug=True)
 
 
-def _masking(batch: int, length: int, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _masking(
+    batch: int, length: int, keep: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random ids_shuffle, ids_restore, float mask (1 = removed) keeping exactly `keep` patches."""
-    ids_shuffle = torch.argsort(torch.rand(batch, length), dim=1)
+    ids_shuffle = torch.argsort(torch.rand(batch, length, device=device), dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     return ids_shuffle, ids_restore, (ids_restore >= keep).to(torch.float32)
 
@@ -70,14 +72,14 @@ IMAGE_CASES = [
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=lambda c: f"B{c[0]}C{c[1]}g{c[2][0]}x{c[2][1]}p{c[3]}-{c[5]}")
-def test_images_match_reference(backend: str, case: tuple) -> None:
+def test_images_match_reference(backend: str, case: tuple, device: torch.device) -> None:
     batch, chans, (gh, gw), p, keep, form, norm_pix, dtype, scale = case
     length = gh * gw
     keep = length // 4 or 1 if keep is None else (length - 1 if keep == "L-1" else keep)
     dim = p * p * chans
-    imgs = torch.randn(batch, chans, gh * p, gw * p).to(dtype)
-    ids_shuffle, ids_restore, mask = _masking(batch, length, keep)
-    pred_full = torch.randn(batch, length, dim).to(dtype)
+    imgs = torch.randn(batch, chans, gh * p, gw * p, device=device).to(dtype)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    pred_full = torch.randn(batch, length, dim, device=device).to(dtype)
 
     # the oracle: reference.mae_loss on the full pred, in the dtype under test and in float64
     grads = {}
@@ -107,17 +109,17 @@ def test_images_match_reference(backend: str, case: tuple) -> None:
     assert_dtype_rule(pred.grad, grads["same"], grads["exact"], atol=_grad_atol(grads["exact"], dtype), name="grad")
 
 
-def test_sample_weight(backend: str) -> None:
+def test_sample_weight(backend: str, device: torch.device) -> None:
     batch, p, gh, gw, keep = 3, 4, 3, 3, 3
     length, dim = gh * gw, p * p * 3
-    imgs = torch.randn(batch, 3, gh * p, gw * p)
-    ids_shuffle, ids_restore, mask = _masking(batch, length, keep)
-    pred = torch.randn(batch, length - keep, dim, requires_grad=True)
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    pred = torch.randn(batch, length - keep, dim, device=device, requires_grad=True)
     plain = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
-    ones = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True, sample_weight=torch.ones(batch))
+    ones = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True, sample_weight=torch.ones(batch, device=device))
     assert torch.equal(plain, ones), "w = 1 must give exactly the unweighted loss"
 
-    weight = torch.rand(batch) + 0.1
+    weight = torch.rand(batch, device=device) + 0.1
     loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True, sample_weight=weight)
     loss.backward()
     exact_pred = pred.detach().double().requires_grad_()
@@ -129,8 +131,8 @@ def test_sample_weight(backend: str) -> None:
     torch.testing.assert_close(pred.grad.double(), exact_pred.grad, rtol=1e-4, atol=1e-7)
 
     # with a full pred and a soft mask, both weightings combine
-    full = torch.randn(batch, length, dim)
-    soft = torch.rand(batch, length) * mask
+    full = torch.randn(batch, length, dim, device=device)
+    soft = torch.rand(batch, length, device=device) * mask
     got = masked_mse_loss(full, imgs, None, p, mask=soft, sample_weight=weight)
     want = _weighted_loss(full.double(), reference.patchify(imgs.double(), p), soft.double() * weight.double()[:, None],
                           norm_pix=False)
@@ -139,11 +141,11 @@ def test_sample_weight(backend: str) -> None:
 
 @pytest.mark.parametrize("norm_pix", [False, True])
 @pytest.mark.parametrize("form", ["removed", "mask"])
-def test_explicit_target_and_its_gradient(backend: str, norm_pix: bool, form: str) -> None:
+def test_explicit_target_and_its_gradient(backend: str, norm_pix: bool, form: str, device: torch.device) -> None:
     batch, length, dim, keep = 2, 7, 10, 2
-    ids_shuffle, ids_restore, mask = _masking(batch, length, keep)
-    target = torch.randn(batch, length, dim, requires_grad=True)
-    pred_full = torch.randn(batch, length, dim)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    target = torch.randn(batch, length, dim, device=device, requires_grad=True)
+    pred_full = torch.randn(batch, length, dim, device=device)
     if form == "removed":
         pred = _rows(pred_full, ids_shuffle[:, keep:]).requires_grad_()
         loss = masked_mse_loss(pred, None, ids_restore, None, target=target, norm_pix=norm_pix)
@@ -163,11 +165,11 @@ def test_explicit_target_and_its_gradient(backend: str, norm_pix: bool, form: st
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_image_gradient(backend: str, norm_pix: bool) -> None:
+def test_image_gradient(backend: str, norm_pix: bool, device: torch.device) -> None:
     batch, p, gh, gw, keep = 2, 4, 2, 3, 2
-    imgs = torch.randn(batch, 3, gh * p, gw * p, requires_grad=True)
-    ids_shuffle, ids_restore, mask = _masking(batch, gh * gw, keep)
-    pred_full = torch.randn(batch, gh * gw, p * p * 3)
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device, requires_grad=True)
+    ids_shuffle, ids_restore, mask = _masking(batch, gh * gw, keep, device)
+    pred_full = torch.randn(batch, gh * gw, p * p * 3, device=device)
     pred = _rows(pred_full, ids_shuffle[:, keep:])
     masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=norm_pix).backward()
     exact_imgs = imgs.detach().double().requires_grad_()
@@ -189,13 +191,13 @@ def _video_target(video: torch.Tensor, patch: tuple[int, int, int]) -> torch.Ten
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_video_tubelets(backend: str, norm_pix: bool) -> None:
+def test_video_tubelets(backend: str, norm_pix: bool, device: torch.device) -> None:
     patch = (2, 3, 2)
     batch, chans, grid = 2, 3, (2, 2, 3)
-    video = torch.randn(batch, chans, *(g * q for g, q in zip(grid, patch)), requires_grad=True)
+    video = torch.randn(batch, chans, *(g * q for g, q in zip(grid, patch)), device=device, requires_grad=True)
     length, dim, keep = math.prod(grid), math.prod(patch) * chans, 5
-    ids_shuffle, ids_restore, mask = _masking(batch, length, keep)
-    pred_full = torch.randn(batch, length, dim)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    pred_full = torch.randn(batch, length, dim, device=device)
     pred = _rows(pred_full, ids_shuffle[:, keep:]).requires_grad_()
     loss = masked_mse_loss(pred, video, ids_restore, patch, norm_pix=norm_pix)
     loss.backward()
@@ -209,13 +211,13 @@ def test_video_tubelets(backend: str, norm_pix: bool) -> None:
     torch.testing.assert_close(video.grad.double(), exact_video.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_non_contiguous_inputs(backend: str) -> None:
+def test_non_contiguous_inputs(backend: str, device: torch.device) -> None:
     batch, p, gh, gw, keep = 2, 4, 3, 2, 2
     length, dim = gh * gw, p * p * 3
-    imgs_storage = torch.randn(batch, 3, gw * p, gh * p)
+    imgs_storage = torch.randn(batch, 3, gw * p, gh * p, device=device)
     imgs = imgs_storage.transpose(2, 3)  # (B, C, H, W) with swapped strides
-    _, ids_restore, mask = _masking(batch, length, keep)
-    pred_storage = torch.randn(batch, dim, length - keep)
+    _, ids_restore, mask = _masking(batch, length, keep, device)
+    pred_storage = torch.randn(batch, dim, length - keep, device=device)
     pred = pred_storage.transpose(1, 2).requires_grad_()  # stride 1 along rows, not along D
     assert not pred.is_contiguous() and not imgs.is_contiguous()
     loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
@@ -226,18 +228,18 @@ def test_non_contiguous_inputs(backend: str) -> None:
     torch.testing.assert_close(loss, loss_c, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(pred.grad, pred_c.grad, rtol=1e-6, atol=1e-9)
 
-    full = torch.randn(batch, length, 2 * dim)[:, :, ::2]  # strided along D
+    full = torch.randn(batch, length, 2 * dim, device=device)[:, :, ::2]  # strided along D
     got = masked_mse_loss(full, imgs, None, p, mask=mask)
     want = reference.mae_loss(imgs.double(), full.double(), mask.double(), p, False)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_mixed_dtypes_int32_ids_and_expanded_grad(backend: str) -> None:
+def test_mixed_dtypes_int32_ids_and_expanded_grad(backend: str, device: torch.device) -> None:
     """bf16 pred on fp32 images (autocast), int32 ids, and a gradient that reaches the op through .sum()."""
     batch, p, gh, gw, keep = 2, 4, 2, 3, 2
-    imgs = torch.randn(batch, 3, gh * p, gw * p)
-    ids_shuffle, ids_restore, mask = _masking(batch, gh * gw, keep)
-    pred_full = torch.randn(batch, gh * gw, p * p * 3).to(torch.bfloat16)
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
+    ids_shuffle, ids_restore, mask = _masking(batch, gh * gw, keep, device)
+    pred_full = torch.randn(batch, gh * gw, p * p * 3, device=device).to(torch.bfloat16)
     pred = _rows(pred_full, ids_shuffle[:, keep:]).requires_grad_()
     loss = masked_mse_loss(pred, imgs, ids_restore.to(torch.int32), p, norm_pix=True)
     torch.stack([loss, loss]).sum().backward()  # the loss's gradient is 2, built from an expanded tensor
@@ -250,49 +252,51 @@ def test_mixed_dtypes_int32_ids_and_expanded_grad(backend: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["out_of_range", "repeated"])
-def test_debug_mode_rejects_bad_ids(backend: str, bad: str) -> None:
-    _, ids_restore, _ = _masking(2, 6, 2)
+def test_debug_mode_rejects_bad_ids(backend: str, bad: str, device: torch.device) -> None:
+    _, ids_restore, _ = _masking(2, 6, 2, device)
     ids_restore = ids_restore.clone()
     ids_restore[1, 0] = 6 if bad == "out_of_range" else ids_restore[1, 1]
-    pred = torch.randn(2, 4, 48)
+    pred = torch.randn(2, 4, 48, device=device)
     with pytest.raises(ValueError, match="ids_restore"):
-        masked_mse_loss(pred, torch.randn(2, 3, 8, 12), ids_restore, 4)
+        masked_mse_loss(pred, torch.randn(2, 3, 8, 12, device=device), ids_restore, 4)
 
 
-def _opcheck_samples() -> list[tuple]:
+def _opcheck_samples(device: torch.device) -> list[tuple]:
     batch, p, gh, gw, keep = 2, 2, 2, 3, 2
     length, dim = gh * gw, p * p * 3
-    _, ids_restore, mask = _masking(batch, length, keep)
-    imgs = torch.randn(batch, 3, gh * p, gw * p)
-    return [
-        (torch.randn(batch, length - keep, dim, requires_grad=True), imgs, ids_restore, None, None, None, [p, p],
-         True, EPS),
-        (torch.randn(batch, length, dim, requires_grad=True), imgs, None, mask, None, torch.rand(batch), [p, p],
-         False, EPS),
-        (torch.randn(batch, length, 5, requires_grad=True), None, None, mask.bool(), torch.randn(batch, length, 5,
-         requires_grad=True), None, [], True, 1e-5),
-    ]
+    _, ids_restore, mask = _masking(batch, length, keep, device)
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
+    with torch.device(device):
+        return [
+            (torch.randn(batch, length - keep, dim, requires_grad=True), imgs, ids_restore, None, None, None, [p, p],
+             True, EPS),
+            (torch.randn(batch, length, dim, requires_grad=True), imgs, None, mask, None, torch.rand(batch), [p, p],
+             False, EPS),
+            (torch.randn(batch, length, 5, requires_grad=True), None, None, mask.bool(), torch.randn(batch, length, 5,
+             requires_grad=True), None, [], True, 1e-5),
+        ]
 
 
 @pytest.mark.parametrize("path", ["torch", "triton"])
 @pytest.mark.parametrize("index", range(3))
-def test_opcheck(index: int, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both branches of the op bodies (FASTMAE_BACKEND=triton runs the interpreted kernels on real tensors)."""
-    monkeypatch.setenv("FASTMAE_BACKEND", path)
-    args = _opcheck_samples()[index]
+def test_opcheck(index: int, path: str, use_backend, device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """Both branches of the op bodies (FASTMAE_BACKEND=triton runs the kernels on real tensors)."""
+    use_backend(path)
+    args = _opcheck_samples(device)[index]
     torch.library.opcheck(torch.ops.fastmae.masked_mse_loss.default, args)
-    backward_args = (torch.tensor(1.3), *(a.detach() if isinstance(a, torch.Tensor) else a for a in args), True)
+    detached = (a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    backward_args = (torch.tensor(1.3, device=device), *detached, True)
     torch.library.opcheck(torch.ops.fastmae.masked_mse_loss_backward.default, backward_args)
 
 
-def test_compiles_fullgraph_like_eager(backend: str) -> None:
+def test_compiles_fullgraph_like_eager(backend: str, device: torch.device) -> None:
     """aot_eager fullgraph on both paths. Under the interpreter the compiled graph holds the op's torch branch
     (fake tensors cannot enter an interpreted kernel) while eager runs the kernels: bitwise equal on the torch
     path, equal to fp32 rounding (another summation order) on the Triton path."""
     batch, p, gh, gw, keep = 2, 2, 2, 3, 2
-    imgs = torch.randn(batch, 3, gh * p, gw * p)
-    _, ids_restore, _ = _masking(batch, gh * gw, keep)
-    pred = torch.randn(batch, gh * gw - keep, p * p * 3)
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
+    _, ids_restore, _ = _masking(batch, gh * gw, keep, device)
+    pred = torch.randn(batch, gh * gw - keep, p * p * 3, device=device)
 
     def step(pred_leaf: torch.Tensor) -> torch.Tensor:
         return masked_mse_loss(pred_leaf * 2.0, imgs, ids_restore, p, norm_pix=True) * 3.0
@@ -361,3 +365,65 @@ def test_compiles_on_meta_tensors() -> None:
     loss = compiled(pred, imgs, ids_restore)
     loss.backward()
     assert loss.shape == () and loss.device.type == "meta" and pred.grad.shape == pred.shape
+
+
+
+def check_last_sample_only(form: str, batch: int, chans: int, side: int, p: int, device: torch.device) -> None:
+    """Only the last sample counts (sample_weight, or a mask, zero elsewhere): the loss and the gradients of pred
+    and imgs (bf16) against the reference computed on that sample only; every other gradient must be zero."""
+    dtype = torch.bfloat16
+    length, dim = (side // p) ** 2, p * p * chans
+    keep = length // 4
+    imgs = torch.randn(batch, chans, side, side, device=device, dtype=dtype, requires_grad=True)
+    ids_shuffle, ids_restore, mask = _masking(batch, length, keep, device)
+    pred = torch.randn(batch, length - keep if form == "removed" else length, dim, device=device, dtype=dtype,
+                       requires_grad=True)  # fmt: skip
+    if form == "removed":
+        last_only = torch.zeros(batch, device=device)
+        last_only[-1] = 1.0
+        loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True, sample_weight=last_only)
+    else:
+        mask[:-1] = 0.0
+        loss = masked_mse_loss(pred, imgs, None, p, norm_pix=True, mask=mask)
+    grad_pred, grad_imgs = torch.autograd.grad(loss, (pred, imgs))
+    assert torch.count_nonzero(grad_pred[:-1]).item() == 0, "grad pred of a zero-weight sample"
+    assert torch.count_nonzero(grad_imgs[:-1]).item() == 0, "grad imgs of a zero-weight sample"
+
+    removed = ids_shuffle[-1:, keep:]
+    losses, grads = {}, {}
+    for name, cast in (("same", dtype), ("exact", torch.float64)):
+        if form == "removed":  # the removed rows in a full-length pred; kept rows do not count
+            full = torch.zeros(1, length, dim, device=device, dtype=cast)
+            full[0, removed[0]] = pred[-1:].detach().to(cast)
+        else:
+            full = pred[-1:].detach().to(cast)
+        leaves = (full.requires_grad_(), imgs[-1:].detach().to(cast).requires_grad_())
+        weights = mask[-1:].to(cast) if cast == torch.float64 else mask[-1:]  # as test_images_match_reference
+        reference_loss = reference.mae_loss(leaves[1], leaves[0], weights, p, True)
+        losses[name] = reference_loss.detach()
+        grad_full, grad_image = torch.autograd.grad(reference_loss, leaves)
+        grads[name] = (_rows(grad_full, removed) if form == "removed" else grad_full, grad_image)
+    assert_dtype_rule(loss, losses["same"], losses["exact"], atol=_atol(losses["exact"], torch.float32), name="loss")
+    for index, name in enumerate(("grad pred", "grad imgs")):
+        exact = grads["exact"][index]
+        got = (grad_pred, grad_imgs)[index][-1:]
+        assert_dtype_rule(got, grads["same"][index], exact, atol=_grad_atol(exact, dtype), name=name)
+
+
+@pytest.mark.parametrize("form", ["removed", "mask"])
+def test_zero_weight_samples(backend: str, form: str, device: torch.device) -> None:
+    check_last_sample_only(form, batch=3, chans=3, side=12, p=4, device=device)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["removed", "mask"])
+def test_int64_offsets_past_2_31(form: str, use_backend, cuda_device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """bf16 images and pred with more than 2^31 elements (~6 GB each; GPU only, the compiled kernels): the last
+    sample, the only one that counts, is read and written past 2^31."""
+    use_backend("triton")
+    batch, chans, side, p = 45, 1, 8192, 16
+    length = (side // p) ** 2
+    rows = length - length // 4 if form == "removed" else length
+    assert (batch - 1) * chans * side * side > 2**31, "the last image must start past 2^31"
+    assert (batch - 1) * rows * p * p * chans > 2**31, "the last sample's pred rows must start past 2^31"
+    check_last_sample_only(form, batch, chans, side, p, cuda_device)

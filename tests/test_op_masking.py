@@ -11,9 +11,9 @@ from tests.op_testing import assert_bitwise_equal
 
 
 @pytest.mark.parametrize(("batch", "num_patches", "mask_ratio"), [(1, 196, 0.75), (3, 35, 0.5), (2, 256, 0.75)])
-def test_same_patches_as_reference(batch: int, num_patches: int, mask_ratio: float) -> None:
-    noise = torch.rand(batch, num_patches)
-    tokens = torch.randn(batch, num_patches, 8)
+def test_same_patches_as_reference(batch: int, num_patches: int, mask_ratio: float, device: torch.device) -> None:
+    noise = torch.rand(batch, num_patches, device=device)
+    tokens = torch.randn(batch, num_patches, 8, device=device)
     ref_kept, ref_mask, ref_restore = reference.random_masking(tokens, mask_ratio, noise)
     result = random_masking(batch, num_patches, mask_ratio, noise=noise)
     kept = torch.gather(tokens, 1, result.ids_keep.unsqueeze(-1).expand(-1, -1, 8))
@@ -22,24 +22,25 @@ def test_same_patches_as_reference(batch: int, num_patches: int, mask_ratio: flo
     assert_bitwise_equal(result.ids_restore, ref_restore, "ids_restore")
 
 
-def test_index_invariants() -> None:
+def test_index_invariants(device: torch.device) -> None:
     batch, num_patches = 4, 49
-    result = random_masking(batch, num_patches, 0.75)
+    result = random_masking(batch, num_patches, 0.75, device=device)
+    assert result.ids_shuffle.device.type == result.mask.device.type == device.type
     keep = int(num_patches * (1 - 0.75))
     assert result.num_keep == keep == result.ids_keep.shape[1]
     assert result.ids_keep.dtype == result.ids_shuffle.dtype == result.ids_restore.dtype == torch.int64
     assert torch.equal(result.ids_keep, result.ids_shuffle[:, :keep])
-    arange = torch.arange(num_patches).expand(batch, -1)
+    arange = torch.arange(num_patches, device=device).expand(batch, -1)
     assert torch.equal(torch.gather(result.ids_shuffle, 1, result.ids_restore), arange)
     assert torch.equal(result.ids_shuffle.sort(dim=1).values, arange), "ids_shuffle is not a permutation"
-    assert torch.equal(result.mask.sum(dim=1), torch.full((batch,), float(num_patches - keep)))
+    assert torch.equal(result.mask.sum(dim=1), torch.full((batch,), float(num_patches - keep), device=device))
     # the kept patches are exactly the mask's zeros
-    assert torch.equal(torch.gather(result.mask, 1, result.ids_keep), torch.zeros(batch, keep))
+    assert torch.equal(torch.gather(result.mask, 1, result.ids_keep), torch.zeros(batch, keep, device=device))
     assert result.mask.dtype == torch.float32
 
 
-def test_smallest_noise_is_kept() -> None:
-    noise = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+def test_smallest_noise_is_kept(device: torch.device) -> None:
+    noise = torch.tensor([[0.9, 0.1, 0.5, 0.3]], device=device)
     result = random_masking(1, 4, 0.5, noise=noise)
     assert result.ids_keep.tolist() == [[1, 3]]  # shuffled order: smallest noise first, not re-sorted
     assert result.mask.tolist() == [[1.0, 0.0, 1.0, 0.0]]
@@ -62,10 +63,11 @@ def test_extreme_valid_ratios(mask_ratio: float, keeps: int) -> None:
     assert random_masking(2, 10, mask_ratio).num_keep == keeps
 
 
-def test_generator_reproducibility() -> None:
-    first = random_masking(2, 50, 0.75, generator=torch.Generator().manual_seed(7))
-    second = random_masking(2, 50, 0.75, generator=torch.Generator().manual_seed(7))
-    other = random_masking(2, 50, 0.75, generator=torch.Generator().manual_seed(8))
+def test_generator_reproducibility(device: torch.device) -> None:
+    def masking(seed: int):  # type: ignore[no-untyped-def]
+        return random_masking(2, 50, 0.75, generator=torch.Generator(device).manual_seed(seed), device=device)
+
+    first, second, other = masking(7), masking(7), masking(8)
     assert torch.equal(first.ids_shuffle, second.ids_shuffle)
     assert torch.equal(first.mask, second.mask)
     assert not torch.equal(first.ids_shuffle, other.ids_shuffle)

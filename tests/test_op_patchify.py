@@ -24,31 +24,31 @@ def slice_patches(video: torch.Tensor, patch: tuple[int, int, int]) -> torch.Ten
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_square_images_match_reference_and_invert(dtype: torch.dtype) -> None:
-    imgs = torch.randn(2, 3, 14 * 7, 14 * 5).to(dtype)
+def test_square_images_match_reference_and_invert(dtype: torch.dtype, device: torch.device) -> None:
+    imgs = torch.randn(2, 3, 14 * 7, 14 * 5, device=device).to(dtype)
     patches = patchify(imgs, 14)
     assert_bitwise_equal(patches, reference.patchify(imgs, 14), "patches")
     assert_bitwise_equal(unpatchify(patches, 14, (7, 5), 3), imgs, "round trip")
 
 
-def test_rectangular_patches_match_slicing_and_invert() -> None:
-    imgs = torch.randn(1, 1, 12, 40)
+def test_rectangular_patches_match_slicing_and_invert(device: torch.device) -> None:
+    imgs = torch.randn(1, 1, 12, 40, device=device)
     patches = patchify(imgs, (4, 8))
     assert_bitwise_equal(patches, slice_patches(imgs.unsqueeze(2), (1, 4, 8)), "patches")
     assert_bitwise_equal(unpatchify(patches, (4, 8), (3, 5), 1), imgs, "round trip")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_video_tubelets_match_slicing_and_invert(dtype: torch.dtype) -> None:
-    videos = torch.randn(2, 3, 4, 8, 12).to(dtype)
+def test_video_tubelets_match_slicing_and_invert(dtype: torch.dtype, device: torch.device) -> None:
+    videos = torch.randn(2, 3, 4, 8, 12, device=device).to(dtype)
     patches = patchify(videos, (2, 4, 4))
     assert patches.shape == (2, 2 * 2 * 3, 2 * 4 * 4 * 3)
     assert_bitwise_equal(patches, slice_patches(videos, (2, 4, 4)), "tubelets")
     assert_bitwise_equal(unpatchify(patches, (2, 4, 4), (2, 2, 3), 3), videos, "round trip")
 
 
-def test_non_contiguous_input() -> None:
-    imgs = torch.randn(2, 3, 32, 48).contiguous(memory_format=torch.channels_last)
+def test_non_contiguous_input(device: torch.device) -> None:
+    imgs = torch.randn(2, 3, 32, 48, device=device).contiguous(memory_format=torch.channels_last)
     assert_bitwise_equal(patchify(imgs, 16), reference.patchify(imgs.contiguous(), 16), "channels_last")
 
 

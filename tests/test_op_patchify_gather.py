@@ -1,4 +1,6 @@
-"""patchify_gather against the reference (patchify then gather), on the Triton path (interpreter) and the torch path."""
+"""patchify_gather against the reference (patchify then gather), on the Triton path and the torch path.
+
+Tensors live on ``device`` (tests/conftest.py): on CPU the kernels run in the interpreter, on CUDA compiled."""
 
 from __future__ import annotations
 
@@ -14,16 +16,14 @@ BACKENDS = ("triton", "torch")
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def backend(request: pytest.FixtureRequest, use_backend) -> str:  # type: ignore[no-untyped-def]
     """Run the test on one backend, in debug mode so outputs start poisoned (NaN)."""
-    monkeypatch.setenv("FASTMAE_BACKEND", request.param)
-    monkeypatch.setenv("FASTMAE_DEBUG", "1")
-    return request.param
+    return use_backend(request.param, debug=True)
 
 
-def random_ids(batch: int, num_patches: int, num_keep: int) -> torch.Tensor:
+def random_ids(batch: int, num_patches: int, num_keep: int, device: torch.device) -> torch.Tensor:
     """Distinct random patch indices per row, (batch, num_keep) int64."""
-    return torch.rand(batch, num_patches).argsort(dim=1)[:, :num_keep].contiguous()
+    return torch.rand(batch, num_patches, device=device).argsort(dim=1)[:, :num_keep].contiguous()
 
 
 def reference_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch: int) -> torch.Tensor:
@@ -78,39 +78,39 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}c{}g{}x{}p{}k{}".format(*c))
-def test_matches_reference(backend: str, case: tuple, dtype: torch.dtype) -> None:
+def test_matches_reference(backend: str, case: tuple, dtype: torch.dtype, device: torch.device) -> None:
     batch, chans, grid_h, grid_w, patch, keep = case
     num_patches = grid_h * grid_w
     num_keep = 1 if keep == "1" else num_patches - 1
-    imgs = torch.randn(batch, chans, grid_h * patch, grid_w * patch).to(dtype)
-    check_forward_backward(imgs, random_ids(batch, num_patches, num_keep), patch)
+    imgs = torch.randn(batch, chans, grid_h * patch, grid_w * patch, device=device).to(dtype)
+    check_forward_backward(imgs, random_ids(batch, num_patches, num_keep, device), patch)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "expanded"])
-def test_non_contiguous_images(backend: str, layout: str) -> None:
+def test_non_contiguous_images(backend: str, layout: str, device: torch.device) -> None:
     patch, batch = 14, 2
     if layout == "channels_last":
-        imgs = torch.randn(batch, 3, 28, 42).contiguous(memory_format=torch.channels_last)
+        imgs = torch.randn(batch, 3, 28, 42, device=device).contiguous(memory_format=torch.channels_last)
     elif layout == "sliced":  # every other channel of a wider, cropped batch
-        imgs = torch.randn(batch, 6, 30, 45)[:, ::2, 1:29, 2:44]
+        imgs = torch.randn(batch, 6, 30, 45, device=device)[:, ::2, 1:29, 2:44]
     else:  # a stride-0 batch dimension
-        imgs = torch.randn(1, 3, 28, 42).expand(batch, -1, -1, -1)
+        imgs = torch.randn(1, 3, 28, 42, device=device).expand(batch, -1, -1, -1)
     assert not imgs.is_contiguous()
-    check_forward_backward(imgs, random_ids(batch, 6, 4), patch)
+    check_forward_backward(imgs, random_ids(batch, 6, 4, device), patch)
 
 
-def test_rectangular_patches_and_images(backend: str) -> None:
-    imgs = torch.randn(2, 3, 12, 40)
-    ids_keep = random_ids(2, 3 * 5, 7)
+def test_rectangular_patches_and_images(backend: str, device: torch.device) -> None:
+    imgs = torch.randn(2, 3, 12, 40, device=device)
+    ids_keep = random_ids(2, 3 * 5, 7, device)
     out = patchify_gather(imgs, ids_keep, (4, 8))
     assert_bitwise_equal(out, loop_gather(imgs, ids_keep, (4, 8)), "rectangular patches")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_video_tubelets(backend: str, dtype: torch.dtype) -> None:
+def test_video_tubelets(backend: str, dtype: torch.dtype, device: torch.device) -> None:
     tubelet = (2, 4, 4)
-    videos = torch.randn(2, 3, 6, 8, 12).to(dtype).requires_grad_()
-    ids_keep = random_ids(2, 3 * 2 * 3, 5)
+    videos = torch.randn(2, 3, 6, 8, 12, device=device).to(dtype).requires_grad_()
+    ids_keep = random_ids(2, 3 * 2 * 3, 5, device)
     out = patchify_gather(videos, ids_keep, tubelet)
     assert out.shape == (2, 5, 2 * 4 * 4 * 3)
     assert_bitwise_equal(out, loop_gather(videos.detach(), ids_keep, tubelet), "tubelets")
@@ -121,41 +121,43 @@ def test_video_tubelets(backend: str, dtype: torch.dtype) -> None:
     assert_bitwise_equal(ours, expected, "grad videos")
 
 
-def test_no_grad_kept_when_not_required(backend: str) -> None:
-    out = patchify_gather(torch.randn(1, 3, 16, 16), random_ids(1, 1, 1), 16)
+def test_no_grad_kept_when_not_required(backend: str, device: torch.device) -> None:
+    out = patchify_gather(torch.randn(1, 3, 16, 16, device=device), random_ids(1, 1, 1, device), 16)
     assert not out.requires_grad
 
 
-def test_double_backward_is_a_gather(backend: str) -> None:
-    imgs = torch.randn(1, 3, 16, 32, requires_grad=True)
-    ids_keep = random_ids(1, 2, 1)
-    grad_out = torch.randn(1, 1, 768, requires_grad=True)
+def test_double_backward_is_a_gather(backend: str, device: torch.device) -> None:
+    imgs = torch.randn(1, 3, 16, 32, device=device, requires_grad=True)
+    ids_keep = random_ids(1, 2, 1, device)
+    grad_out = torch.randn(1, 1, 768, device=device, requires_grad=True)
     (grad_imgs,) = torch.autograd.grad(patchify_gather(imgs, ids_keep, 16), imgs, grad_out, create_graph=True)
     weights = torch.randn_like(grad_imgs)
     (grad_grad,) = torch.autograd.grad((grad_imgs * weights).sum(), grad_out)
     assert_bitwise_equal(grad_grad, reference_gather(weights, ids_keep, 16), "double backward")
 
 
-def test_opcheck(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opcheck(backend: str, monkeypatch: pytest.MonkeyPatch, device: torch.device) -> None:
     monkeypatch.setenv("FASTMAE_DEBUG", "0")  # opcheck compares outputs; poison is only for unwritten checks
-    imgs = torch.randn(2, 3, 8, 12, requires_grad=True)
-    ids_keep = random_ids(2, 6, 3)
+    imgs = torch.randn(2, 3, 8, 12, device=device, requires_grad=True)
+    ids_keep = random_ids(2, 6, 3, device)
     torch.library.opcheck(torch.ops.fastmae.patchify_gather, (imgs, ids_keep, [4, 4]))
-    grad = torch.randn(2, 3, 48)
+    grad = torch.randn(2, 3, 48, device=device)
     torch.library.opcheck(torch.ops.fastmae.patchify_gather_backward, (grad, ids_keep, [4, 4], [2, 3, 8, 12]))
 
 
-def test_compiled_masking_and_gather_match_eager(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_masking_and_gather_match_eager(
+    backend: str, monkeypatch: pytest.MonkeyPatch, device: torch.device
+) -> None:
     monkeypatch.setenv("FASTMAE_DEBUG", "0")  # debug checks sync on the host (a graph break)
-    weight = torch.randn(2 * 2 * 3, 5)
+    weight = torch.randn(2 * 2 * 3, 5, device=device)
 
     def step(imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         masking = random_masking(imgs.shape[0], 12, 0.75, noise=noise)
         visible = patchify_gather(imgs, masking.ids_keep, 2)
         return (visible @ weight).square().sum() + masking.mask.sum()
 
-    imgs = torch.randn(2, 3, 6, 8)
-    noise = torch.rand(2, 12)
+    imgs = torch.randn(2, 3, 6, 8, device=device)
+    noise = torch.rand(2, 12, device=device)
     eager_in = imgs.clone().requires_grad_()
     compiled_in = imgs.clone().requires_grad_()
     eager_loss = step(eager_in, noise)
@@ -166,30 +168,65 @@ def test_compiled_masking_and_gather_match_eager(backend: str, monkeypatch: pyte
     assert_bitwise_equal(compiled_in.grad, eager_in.grad, "grad imgs")
 
 
-@pytest.mark.parametrize("path", BACKENDS)
-def test_int64_offsets_in_a_huge_image(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fp16 image with 2.15e9 > 2^31 elements (4.3 GB, untouched pages stay unallocated)."""
-    monkeypatch.setenv("FASTMAE_BACKEND", path)
-    side, patch = 46352, 16
-    imgs = torch.empty(1, 1, side, side, dtype=torch.float16)
-    grid = side // patch
-    patch_id = grid * grid - 2  # next to the last patch: its first pixel is past 2^31
+# one fp16 image with 2.15e9 > 2^31 elements (4.3 GB; on CPU, untouched pages stay unallocated)
+HUGE_SIDE, HUGE_PATCH = 46352, 16
+
+
+def far_patch_id() -> int:
+    """The patch next to the last one of the huge image: its first pixel is past 2^31."""
+    grid = HUGE_SIDE // HUGE_PATCH
+    patch_id = grid * grid - 2
+    top, left = patch_id // grid * HUGE_PATCH, patch_id % grid * HUGE_PATCH
+    assert top * HUGE_SIDE + left > 2**31
+    return patch_id
+
+
+def patch_pixels(imgs: torch.Tensor, patch_id: int) -> torch.Tensor:
+    """The (p, p) pixels of one patch of a one-channel huge image (a view)."""
+    grid, patch = HUGE_SIDE // HUGE_PATCH, HUGE_PATCH
     top, left = patch_id // grid * patch, patch_id % grid * patch
-    assert top * side + left > 2**31
-    values = torch.randn(patch, patch).to(torch.float16)
-    imgs[0, 0, top : top + patch, left : left + patch] = values
-    out = patchify_gather(imgs, torch.tensor([[patch_id]]), patch)
-    assert_bitwise_equal(out, values.reshape(1, 1, patch * patch), "far patch")
+    return imgs[0, 0, top : top + patch, left : left + patch]
 
 
-def test_debug_mode_rejects_ids_out_of_range(backend: str) -> None:
-    imgs = torch.randn(2, 3, 16, 32)
+@pytest.mark.parametrize("path", BACKENDS)
+def test_int64_offsets_in_a_huge_image(path: str, use_backend, device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    use_backend(path)
+    imgs = torch.empty(1, 1, HUGE_SIDE, HUGE_SIDE, dtype=torch.float16, device=device)
+    patch_id = far_patch_id()
+    values = torch.randn(HUGE_PATCH, HUGE_PATCH, device=device).to(torch.float16)
+    patch_pixels(imgs, patch_id).copy_(values)
+    out = patchify_gather(imgs, torch.tensor([[patch_id]], device=device), HUGE_PATCH)
+    assert_bitwise_equal(out, values.reshape(1, 1, HUGE_PATCH * HUGE_PATCH), "far patch")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", BACKENDS)
+def test_int64_offsets_in_a_huge_image_backward(path: str, use_backend, cuda_device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """The backward scatter into the huge image (a real 4.3 GB zeroed gradient: GPU only): the far patch and
+    the first one get their gradient rows, every other pixel stays zero."""
+    use_backend(path)
+    imgs = torch.zeros(1, 1, HUGE_SIDE, HUGE_SIDE, dtype=torch.float16, device=cuda_device, requires_grad=True)
+    patch_id = far_patch_id()
+    ids_keep = torch.tensor([[patch_id, 0]], device=cuda_device)
+    out = patchify_gather(imgs, ids_keep, HUGE_PATCH)
+    grad_out = torch.randn(out.shape, device=cuda_device).to(torch.float16)
+    (grad_imgs,) = torch.autograd.grad(out, imgs, grad_out)
+    assert grad_imgs.shape == imgs.shape and grad_imgs.dtype == torch.float16
+    far, first = (grad_out[0, k].reshape(HUGE_PATCH, HUGE_PATCH) for k in range(2))
+    assert_bitwise_equal(patch_pixels(grad_imgs, patch_id), far, "grad far patch")
+    assert_bitwise_equal(patch_pixels(grad_imgs, 0), first, "grad first patch")
+    written = torch.count_nonzero(grad_imgs).item()
+    assert written == torch.count_nonzero(grad_out).item(), f"{written} nonzero gradient pixels, expected 2 patches"
+
+
+def test_debug_mode_rejects_ids_out_of_range(backend: str, device: torch.device) -> None:
+    imgs = torch.randn(2, 3, 16, 32, device=device)
     with pytest.raises(ValueError, match=r"ids_keep holds patch index 2, outside the valid range \[0, 2\)"):
-        patchify_gather(imgs, torch.tensor([[0], [2]]), 16)
+        patchify_gather(imgs, torch.tensor([[0], [2]], device=device), 16)
     with pytest.raises(ValueError, match=r"ids_keep holds patch index -1"):
-        patchify_gather(imgs, torch.tensor([[-1], [0]]), 16)
+        patchify_gather(imgs, torch.tensor([[-1], [0]], device=device), 16)
     with pytest.raises(ValueError, match="ids_keep repeats a patch index"):
-        patchify_gather(imgs, torch.tensor([[1, 1], [0, 1]]), 16)
+        patchify_gather(imgs, torch.tensor([[1, 1], [0, 1]], device=device), 16)
 
 
 def ids(*shape: int, dtype: torch.dtype = torch.long, device: str = "cpu") -> torch.Tensor:

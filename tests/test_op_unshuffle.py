@@ -1,4 +1,4 @@
-"""unshuffle_with_mask_token against the reference decoder's cat/gather/cat/+pos, both backends."""
+"""unshuffle_with_mask_token against the reference decoder's cat/gather/cat/+pos, both backends, on ``device``."""
 
 from __future__ import annotations
 
@@ -23,25 +23,23 @@ def reference_decoder_input(x, mask_token, ids_restore, pos_embed):  # type: ign
 
 
 @pytest.fixture(params=["torch", "triton"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FASTMAE_BACKEND", request.param)
-    monkeypatch.setenv("FASTMAE_DEBUG", "1")  # poisoned outputs and id checks
-    return request.param
+def backend(request: pytest.FixtureRequest, use_backend) -> str:  # type: ignore[no-untyped-def]
+    return use_backend(request.param, debug=True)  # poisoned outputs and id checks
 
 
-def make_ids_restore(batch: int, length: int, keep: int) -> torch.Tensor:
-    noise = torch.rand(batch, length)
+def make_ids_restore(batch: int, length: int, keep: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    noise = torch.rand(batch, length, device=device)
     ids_shuffle = torch.argsort(noise, dim=1)
     return torch.argsort(ids_shuffle, dim=1)
 
 
-def make_inputs(batch, length, keep, width, x_dtype, mask_dtype, pos_dtype, grads=(True, True, True)):  # type: ignore[no-untyped-def]
-    x_vis = torch.randn(batch, 1 + keep, width).to(x_dtype).requires_grad_(grads[0])
-    mask_token = (0.02 * torch.randn(1, 1, width)).to(mask_dtype).requires_grad_(grads[1])
+def make_inputs(batch, length, keep, width, x_dtype, mask_dtype, pos_dtype, grads=(True, True, True), *, device):  # type: ignore[no-untyped-def]
+    x_vis = torch.randn(batch, 1 + keep, width, device=device).to(x_dtype).requires_grad_(grads[0])
+    mask_token = (0.02 * torch.randn(1, 1, width, device=device)).to(mask_dtype).requires_grad_(grads[1])
     pos_embed = None
     if pos_dtype is not None:
-        pos_embed = torch.randn(1, 1 + length, width).to(pos_dtype).requires_grad_(grads[2])
-    return x_vis, mask_token, make_ids_restore(batch, length, keep), pos_embed
+        pos_embed = torch.randn(1, 1 + length, width, device=device).to(pos_dtype).requires_grad_(grads[2])
+    return x_vis, mask_token, make_ids_restore(batch, length, keep, device), pos_embed
 
 
 def detached_double(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -57,7 +55,7 @@ def check_against_reference(x_vis, mask_token, ids_restore, pos_embed, upstream:
     if not inputs:
         assert not out.requires_grad
         return
-    weights = None if upstream == "sum" else torch.randn(out.shape).to(out.dtype)
+    weights = None if upstream == "sum" else torch.randn(out.shape, device=out.device).to(out.dtype)
     # .sum() hands the backward a stride-0 gradient (CPU_FACTS): launchers must not assume contiguity
     loss = out.sum() if weights is None else (out * weights).sum()
     expected_loss = expected.sum() if weights is None else (expected * weights).sum()
@@ -93,36 +91,38 @@ CASES = [
 
 @pytest.mark.parametrize(("batch", "length", "keep", "width", "x_dtype", "mask_dtype", "pos_dtype"), CASES)
 @pytest.mark.parametrize("upstream", ["sum", "weighted"])
-def test_matches_reference(backend, batch, length, keep, width, x_dtype, mask_dtype, pos_dtype, upstream) -> None:  # type: ignore[no-untyped-def]
-    inputs = make_inputs(batch, length, keep, width, x_dtype, mask_dtype, pos_dtype)
+def test_matches_reference(  # type: ignore[no-untyped-def]
+    backend, batch, length, keep, width, x_dtype, mask_dtype, pos_dtype, upstream, device
+) -> None:
+    inputs = make_inputs(batch, length, keep, width, x_dtype, mask_dtype, pos_dtype, device=device)
     check_against_reference(*inputs, upstream=upstream)
 
 
 @pytest.mark.parametrize("grads", [(True, False, False), (False, True, True), (False, False, True), (False,) * 3])
-def test_requires_grad_combinations(backend, grads) -> None:  # type: ignore[no-untyped-def]
-    check_against_reference(*make_inputs(2, 11, 4, 12, BF16, F32, F32, grads), upstream="weighted")
+def test_requires_grad_combinations(backend, grads, device) -> None:  # type: ignore[no-untyped-def]
+    check_against_reference(*make_inputs(2, 11, 4, 12, BF16, F32, F32, grads, device=device), upstream="weighted")
 
 
-def test_non_contiguous_inputs(backend) -> None:  # type: ignore[no-untyped-def]
+def test_non_contiguous_inputs(backend, device) -> None:  # type: ignore[no-untyped-def]
     batch, length, keep, width = 3, 13, 5, 12
-    x_vis = torch.randn(batch, width, 1 + keep).transpose(1, 2).requires_grad_()  # (B, 1+K, d), stride 1 on K
-    mask_token = torch.randn(1, 1, 2 * width)[..., ::2].requires_grad_()
-    pos_embed = torch.randn(1, width, 1 + length).transpose(1, 2).requires_grad_()
-    ids_restore = make_ids_restore(batch, length, keep).t().contiguous().t()
+    x_vis = torch.randn(batch, width, 1 + keep, device=device).transpose(1, 2).requires_grad_()  # stride 1 on K
+    mask_token = torch.randn(1, 1, 2 * width, device=device)[..., ::2].requires_grad_()
+    pos_embed = torch.randn(1, width, 1 + length, device=device).transpose(1, 2).requires_grad_()
+    ids_restore = make_ids_restore(batch, length, keep, device).t().contiguous().t()
     assert not (x_vis.is_contiguous() or mask_token.is_contiguous() or ids_restore.is_contiguous())
     check_against_reference(x_vis, mask_token, ids_restore, pos_embed, upstream="weighted")
 
 
-def test_with_random_masking_and_autocast_dtype(backend) -> None:  # type: ignore[no-untyped-def]
+def test_with_random_masking_and_autocast_dtype(backend, device) -> None:  # type: ignore[no-untyped-def]
     """Under bf16 autocast the decoder_embed output is bf16 and the params fp32: the output is fp32, as in the
     reference, where ``+ decoder_pos_embed`` is plain type promotion."""
     batch, length, width = 2, 16, 8
-    masking = random_masking(batch, length, 0.75)
-    embed = torch.nn.Linear(6, width)
-    mask_token = torch.nn.Parameter(0.02 * torch.randn(1, 1, width))
-    pos_embed = torch.nn.Parameter(torch.randn(1, 1 + length, width), requires_grad=False)
-    latent = torch.randn(batch, 1 + masking.num_keep, 6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    masking = random_masking(batch, length, 0.75, device=device)
+    embed = torch.nn.Linear(6, width, device=device)
+    mask_token = torch.nn.Parameter(0.02 * torch.randn(1, 1, width, device=device))
+    pos_embed = torch.nn.Parameter(torch.randn(1, 1 + length, width, device=device), requires_grad=False)
+    latent = torch.randn(batch, 1 + masking.num_keep, 6, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         x_vis = embed(latent)
         out = unshuffle_with_mask_token(x_vis, mask_token, masking.ids_restore, pos_embed)
         expected = reference_decoder_input(x_vis, mask_token, masking.ids_restore, pos_embed)
@@ -130,8 +130,8 @@ def test_with_random_masking_and_autocast_dtype(backend) -> None:  # type: ignor
     assert_bitwise_equal(out, expected)
 
 
-def test_debug_mode_rejects_invalid_ids(backend) -> None:  # type: ignore[no-untyped-def]
-    x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 8, 3, 8, F32, F32, F32)
+def test_debug_mode_rejects_invalid_ids(backend, device) -> None:  # type: ignore[no-untyped-def]
+    x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 8, 3, 8, F32, F32, F32, device=device)
     out_of_range = ids_restore.clone()
     out_of_range[1, 4] = 8
     with pytest.raises(ValueError, match=r"ids_restore values must lie in \[0, L\)"):
@@ -172,13 +172,13 @@ def test_bad_inputs(changes, error, match) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.parametrize("path", ["torch", "triton"])
-def test_opcheck(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both branches of the op bodies (FASTMAE_BACKEND=triton runs the interpreted kernels on real tensors)."""
-    monkeypatch.setenv("FASTMAE_BACKEND", path)
+def test_opcheck(path: str, use_backend, device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """Both branches of the op bodies (FASTMAE_BACKEND=triton runs the kernels on real tensors)."""
+    use_backend(path)
     for pos_dtype in (F32, None):
-        x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 7, 2, 8, BF16, F32, pos_dtype)
+        x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 7, 2, 8, BF16, F32, pos_dtype, device=device)
         torch.library.opcheck(torch.ops.fastmae.unshuffle_with_mask_token, (x_vis, mask_token, ids_restore, pos_embed))
-    grad_out = torch.randn(2, 8, 8)
+    grad_out = torch.randn(2, 8, 8, device=device)
     for needs in ([True, True, True], [False, True, False], [True, False, False]):
         torch.library.opcheck(
             torch.ops.fastmae.unshuffle_with_mask_token_backward,
@@ -186,11 +186,11 @@ def test_opcheck(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
 
-def test_compiles_fullgraph_like_eager(backend: str) -> None:
+def test_compiles_fullgraph_like_eager(backend: str, device: torch.device) -> None:
     """aot_eager fullgraph on both paths. Under the interpreter the compiled graph holds the op's torch branch
     (fake tensors cannot enter an interpreted kernel) while eager runs the kernels: the gathers and the
     two-sample pos_embed sum agree bitwise, the mask_token sum (another summation order) to fp32 rounding."""
-    x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 9, 3, 8, BF16, F32, F32)
+    x_vis, mask_token, ids_restore, pos_embed = make_inputs(2, 9, 3, 8, BF16, F32, F32, device=device)
 
     def step(x, token, ids, pos):  # type: ignore[no-untyped-def]
         return (unshuffle_with_mask_token(x, token, ids, pos).float() ** 2).sum()
@@ -207,3 +207,29 @@ def test_compiles_fullgraph_like_eager(backend: str) -> None:
             torch.testing.assert_close(got, want, msg=f"grad {name}")
         else:
             assert_bitwise_equal(got, want, f"grad {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["torch", "triton"])
+def test_int64_offsets_past_2_31(path: str, use_backend, cuda_device: torch.device) -> None:  # type: ignore[no-untyped-def]
+    """bf16 x_vis and output with more than 2^31 elements each (~4.5 GB; GPU only): the last samples' rows,
+    forward and x_vis gradient, bitwise equal to the reference computed on those samples only."""
+    use_backend(path)
+    batch, length, keep, width = 544, 4095, 4000, 1024
+    assert (batch - 1) * (1 + keep) * width > 2**31, "the last sample's x_vis rows must start past 2^31"
+    assert (batch - 1) * (1 + length) * width > 2**31, "the last sample's output rows must start past 2^31"
+    x_vis = torch.randn(batch, 1 + keep, width, device=cuda_device, dtype=BF16, requires_grad=True)
+    mask_token = (0.02 * torch.randn(1, 1, width, device=cuda_device)).to(BF16)
+    pos_embed = torch.randn(1, 1 + length, width, device=cuda_device).to(BF16)
+    ids_restore = make_ids_restore(batch, length, keep, cuda_device)
+    out = unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)
+    assert out.shape == (batch, 1 + length, width) and out.dtype == BF16
+    grad_out = torch.randn(out.shape, device=cuda_device, dtype=BF16)
+    (grad_x_vis,) = torch.autograd.grad(out, x_vis, grad_out)
+
+    far = slice(batch - 2, batch)
+    far_x_vis = x_vis.detach()[far].requires_grad_()
+    expected = reference_decoder_input(far_x_vis, mask_token, ids_restore[far], pos_embed)
+    assert_bitwise_equal(out[far], expected, "output (far samples)")
+    (expected_grad,) = torch.autograd.grad(expected, far_x_vis, grad_out[far])
+    assert_bitwise_equal(grad_x_vis[far], expected_grad, "grad x_vis (far samples)")
