@@ -92,6 +92,11 @@ def _register_python_parts() -> None:
     torch.library.register_autograd(
         lib + "patchify_gather", _patchify_gather_backward, setup_context=_patchify_gather_setup
     )
+    torch.library.register_fake(lib + "unshuffle_with_mask_token")(_unshuffle_fake)
+    torch.library.register_fake(lib + "unshuffle_with_mask_token_backward")(_unshuffle_backward_fake)
+    torch.library.register_autograd(
+        lib + "unshuffle_with_mask_token", _unshuffle_backward, setup_context=_unshuffle_setup
+    )
 
 
 def _patchify_gather_fake(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
@@ -99,7 +104,7 @@ def _patchify_gather_fake(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size
 
 
 def _patchify_gather_backward_fake(
-    grad: torch.Tensor, ids_keep: torch.Tensor, imgs_shape: list[int], patch_size: list[int]
+    grad: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
 ) -> torch.Tensor:
     return grad.new_empty(imgs_shape)
 
@@ -113,5 +118,46 @@ def _patchify_gather_setup(ctx, inputs, output) -> None:
 
 def _patchify_gather_backward(ctx, grad):
     (ids_keep,) = ctx.saved_tensors
-    grad_imgs = torch.ops.fastmae_native.patchify_gather_backward(grad, ids_keep, ctx.imgs_shape, ctx.patch_size)
+    grad_imgs = torch.ops.fastmae_native.patchify_gather_backward(grad, ids_keep, ctx.patch_size, ctx.imgs_shape)
     return grad_imgs, None, None
+
+
+def _unshuffle_fake(
+    x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
+) -> torch.Tensor:
+    dtype = x_vis.dtype if pos_embed is None else torch.promote_types(x_vis.dtype, pos_embed.dtype)
+    return x_vis.new_empty((x_vis.shape[0], 1 + ids_restore.shape[1], x_vis.shape[2]), dtype=dtype)
+
+
+def _unshuffle_backward_fake(
+    grad_out: torch.Tensor,
+    ids_restore: torch.Tensor,
+    num_visible: int,
+    x_vis_dtype: torch.dtype,
+    mask_token_dtype: torch.dtype,
+    pos_embed_dtype: torch.dtype | None,
+    needs_grad: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, rows, width = grad_out.shape
+    empty = grad_out.new_empty((0,))
+    grad_x = grad_out.new_empty((batch, 1 + num_visible, width), dtype=x_vis_dtype) if needs_grad[0] else empty
+    grad_mask = grad_out.new_empty((1, 1, width), dtype=mask_token_dtype) if needs_grad[1] else empty
+    need_pos = needs_grad[2] and pos_embed_dtype is not None
+    grad_pos = grad_out.new_empty((1, rows, width), dtype=pos_embed_dtype) if need_pos else empty
+    return grad_x, grad_mask, grad_pos
+
+
+def _unshuffle_setup(ctx, inputs, output) -> None:
+    x_vis, mask_token, ids_restore, pos_embed = inputs
+    ctx.save_for_backward(ids_restore)
+    ctx.num_visible = x_vis.shape[1] - 1
+    ctx.dtypes = (x_vis.dtype, mask_token.dtype, pos_embed.dtype if pos_embed is not None else None)
+
+
+def _unshuffle_backward(ctx, grad_out):
+    (ids_restore,) = ctx.saved_tensors
+    need_x, need_mask, _, need_pos = ctx.needs_input_grad
+    grad_x, grad_mask, grad_pos = torch.ops.fastmae_native.unshuffle_with_mask_token_backward(
+        grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
+    )
+    return (grad_x if need_x else None, grad_mask if need_mask else None, None, grad_pos if need_pos else None)

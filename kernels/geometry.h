@@ -5,7 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace fastmae_native {
 
@@ -75,6 +77,27 @@ inline void check_ids_in_range_cpu(const at::Tensor& ids, int64_t limit, const c
   for (int64_t n = 0, total = ids.numel(); n < total; ++n) {
     TORCH_CHECK_VALUE(data[n] >= 0 && data[n] < limit, name, " holds ", data[n], " at flat position ", n,
                       ", outside [0, ", limit, ")");
+  }
+}
+
+}  // namespace fastmae_native
+
+namespace fastmae_native {
+
+// Each row of ids (B, L) must be a permutation of [0, L): checked on the CPU (O(B*L), no device sync).
+inline void check_permutation_rows_cpu(const at::Tensor& ids, const char* name) {
+  const int64_t batch = ids.size(0), length = ids.size(1);
+  const int64_t* data = ids.const_data_ptr<int64_t>();
+  std::vector<char> seen(length);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t l = 0; l < length; ++l) {
+      const int64_t v = data[b * length + l];
+      TORCH_CHECK_VALUE(v >= 0 && v < length, name, " holds ", v, " in row ", b, ", outside [0, ", length, ")");
+      TORCH_CHECK_VALUE(!seen[v], name, " row ", b, " is not a permutation of [0, ", length, "): ", v,
+                        " appears twice");
+      seen[v] = 1;
+    }
   }
 }
 

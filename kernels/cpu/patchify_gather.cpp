@@ -1,7 +1,7 @@
 // CPU patchify_gather and its backward scatter.
 //
 // forward:  imgs (B,C,[T,]H,W), ids_keep (B,K) -> (B, K, prod(patch_size)*C), element ((t*ph+i)*pw+j)*C+c
-// backward: grad (B,K,P*C), ids_keep -> grad_imgs (B,C,[T,]H,W): the kept patches' gradients, zeros elsewhere.
+// backward: grad (B,K,P*C), ids_keep, patch_size, imgs_shape -> grad_imgs (B,C,[T,]H,W): the kept patches' gradients, zeros elsewhere.
 //
 // Both are pure copies, so they move raw bits (templated on the element width, not the dtype) and are
 // bitwise equal to the reference. Work is split over (sample, patch) pairs; inside a patch each image
@@ -130,8 +130,8 @@ at::Tensor patchify_gather_cpu(const at::Tensor& imgs, const at::Tensor& ids_kee
   return out;
 }
 
-at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad, const at::Tensor& ids_keep, at::IntArrayRef imgs_shape,
-                                        at::IntArrayRef patch_size) {
+at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad, const at::Tensor& ids_keep, at::IntArrayRef patch_size,
+                                        at::IntArrayRef imgs_shape) {
   const PatchGeometry g = patch_geometry(imgs_shape, patch_size, "imgs_shape");
   check_float_dtype(grad, "grad");
   check_ids(ids_keep, g.batch, grad, "ids_keep");
