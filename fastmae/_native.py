@@ -97,6 +97,9 @@ def _register_python_parts() -> None:
     torch.library.register_autograd(
         lib + "unshuffle_with_mask_token", _unshuffle_backward, setup_context=_unshuffle_setup
     )
+    torch.library.register_fake(lib + "masked_mse_loss")(_loss_fake)
+    torch.library.register_fake(lib + "masked_mse_loss_backward")(_loss_backward_fake)
+    torch.library.register_autograd(lib + "masked_mse_loss", _loss_backward, setup_context=_loss_setup)
 
 
 def _patchify_gather_fake(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
@@ -161,3 +164,34 @@ def _unshuffle_backward(ctx, grad_out):
         grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
     )
     return (grad_x if need_x else None, grad_mask if need_mask else None, None, grad_pos if need_pos else None)
+
+
+def _loss_fake(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps) -> torch.Tensor:
+    return pred.new_empty((), dtype=torch.float32)
+
+
+def _loss_backward_fake(
+    grad_loss, pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad
+) -> tuple[torch.Tensor, torch.Tensor]:
+    source = imgs if imgs is not None else target
+    return pred.new_empty(pred.shape), source.new_empty(source.shape if source_grad else (0,))
+
+
+def _loss_setup(ctx, inputs, output) -> None:
+    pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps = inputs
+    ctx.save_for_backward(pred, imgs, ids_restore, mask, target, sample_weight)
+    ctx.patch_size, ctx.norm_pix, ctx.eps = list(patch_size), norm_pix, eps
+    ctx.source_index = 1 if imgs is not None else 4  # imgs or target: the one the target rows come from
+
+
+def _loss_backward(ctx, grad_loss):
+    pred, imgs, ids_restore, mask, target, sample_weight = ctx.saved_tensors
+    source_grad = bool(ctx.needs_input_grad[ctx.source_index])
+    grad_pred, grad_source = torch.ops.fastmae_native.masked_mse_loss_backward(
+        grad_loss, pred, imgs, ids_restore, mask, target, sample_weight, ctx.patch_size, ctx.norm_pix, ctx.eps,
+        source_grad,
+    )
+    grads: list[torch.Tensor | None] = [grad_pred, None, None, None, None, None, None, None, None]
+    if source_grad:
+        grads[ctx.source_index] = grad_source
+    return tuple(grads)
