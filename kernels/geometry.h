@@ -3,10 +3,15 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
 #include <vector>
 
 namespace fastmae_native {
@@ -55,6 +60,16 @@ inline PatchGeometry patch_geometry(at::IntArrayRef sizes, at::IntArrayRef patch
   g.gh = g.height / g.ph;
   g.gw = g.width / g.pw;
   return g;
+}
+
+// Allocates an op output; with FASTMAE_DEBUG=1 (as in fastmae.ops._backend.new_output) it is poisoned
+// with NaN so that elements a kernel fails to write show up in the tests.
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const char* flag = std::getenv("FASTMAE_DEBUG");
+  if (flag != nullptr && *flag != '\0' && std::string_view(flag) != "0") {
+    return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  }
+  return at::empty(sizes, options);
 }
 
 inline void check_float_dtype(const at::Tensor& t, const char* name) {

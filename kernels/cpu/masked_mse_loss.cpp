@@ -194,7 +194,7 @@ at::Tensor masked_mse_loss_cpu(const at::Tensor& pred, const std::optional<at::T
       sum = loss_sum<PT, scalar_t>(lay, norm_pix, eps);
     });
   });
-  at::Tensor out = at::empty({}, pred.options().dtype(at::kFloat));
+  at::Tensor out = new_output({}, pred.options().dtype(at::kFloat));
   *out.mutable_data_ptr<float>() = static_cast<float>(sum / lay.denominator);
   return out;
 }
@@ -243,14 +243,14 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cpu(
   const LossLayout lay = make_layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must be a scalar, got ", grad_loss.sizes());
   const double coef = 2.0 * grad_loss.to(at::kDouble).item<double>() / (static_cast<double>(lay.dim) * lay.denominator);
-  at::Tensor grad_pred = at::empty(pred.sizes(), pred.options());
+  at::Tensor grad_pred = new_output(pred.sizes(), pred.options());
   at::Tensor grad_source;
   if (!source_grad) {
     grad_source = at::empty({0}, lay.source.options());
   } else if (lay.removed_only) {  // kept patches are never visited: their gradient is zero
     grad_source = at::zeros(lay.source.sizes(), lay.source.options());
   } else {
-    grad_source = at::empty(lay.source.sizes(), lay.source.options());
+    grad_source = new_output(lay.source.sizes(), lay.source.options());
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lay.pred.scalar_type(), "masked_mse_bwd_pred", [&] {
     using PT = scalar_t;

@@ -125,7 +125,7 @@ at::Tensor patchify_gather_cpu(const at::Tensor& imgs, const at::Tensor& ids_kee
   const at::Tensor ids = ids_keep.contiguous();
   check_ids_in_range_cpu(ids, g.num_patches(), "ids_keep");
   const at::Tensor src = imgs.contiguous();
-  at::Tensor out = at::empty({g.batch, ids.size(1), g.patch_dim()}, imgs.options());
+  at::Tensor out = new_output({g.batch, ids.size(1), g.patch_dim()}, imgs.options());
   dispatch_bits<Gather>(imgs.element_size(), g, src, ids, out);
   return out;
 }
@@ -154,7 +154,7 @@ at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad, const at::Tensor
     }
   }
   const at::Tensor src = grad.contiguous();  // the gradient of a .sum() arrives with stride 0
-  at::Tensor out = at::empty(imgs_shape, grad.options());
+  at::Tensor out = new_output(imgs_shape, grad.options());
   dispatch_bits<Scatter>(grad.element_size(), g, src, slot_of_patch, out);
   return out;
 }
