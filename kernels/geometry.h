@@ -62,11 +62,15 @@ inline PatchGeometry patch_geometry(at::IntArrayRef sizes, at::IntArrayRef patch
   return g;
 }
 
-// Allocates an op output; with FASTMAE_DEBUG=1 (as in fastmae.ops._backend.new_output) it is poisoned
-// with NaN so that elements a kernel fails to write show up in the tests.
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+// FASTMAE_DEBUG=1, as in fastmae.ops._backend: value checks that cost a device sync, poisoned outputs.
+inline bool debug_checks_enabled() {
   const char* flag = std::getenv("FASTMAE_DEBUG");
-  if (flag != nullptr && *flag != '\0' && std::string_view(flag) != "0") {
+  return flag != nullptr && *flag != '\0' && std::string_view(flag) != "0";
+}
+
+// Allocates an op output; in debug mode it is poisoned with NaN so that unwritten elements show.
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (debug_checks_enabled()) {
     return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
   }
   return at::empty(sizes, options);
