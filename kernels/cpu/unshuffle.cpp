@@ -114,7 +114,9 @@ void unshuffle_backward_rows(const at::Tensor& grad, const at::Tensor& ids, int6
   const int64_t* id = ids.const_data_ptr<int64_t>();
   XT* gx = grad_x != nullptr ? grad_x->mutable_data_ptr<XT>() : nullptr;
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  // small problems stay on one thread: waking the pool costs more than they take
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, batch * kRowsPerTask * width));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
       float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
