@@ -1,0 +1,188 @@
+// CPU unshuffle_with_mask_token and its backward.
+//
+// forward: x_vis (B,1+K,d), mask_token (1,1,d), ids_restore (B,L), pos_embed (1,1+L,d) or None -> (B,1+L,d)
+//   row 0 = x_vis[b,0]; row 1+l = x_vis[b,1+ids_restore[b,l]] if that id < K, else mask_token.to(x_vis.dtype);
+//   then + pos_embed[0,row]. Output dtype: promote(x_vis, pos_embed) (x_vis's without pos_embed).
+//   Each element is computed as the reference's add is: both operands in the output's opmath type
+//   (float for half/bf16), one rounding to the output dtype, so the result is bitwise the reference's.
+// backward: grad_out -> grad_x_vis (a pure scatter, bitwise), grad_mask_token (sum over masked rows of all
+//   samples) and grad_pos_embed (sum over the batch), both accumulated in float32 in a fixed order.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/List.h>
+#include <c10/core/ScalarType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+#include "../geometry.h"
+
+namespace fastmae_native {
+namespace {
+
+constexpr int64_t kRowsPerTask = 8;  // backward: rows per task; fixes the float32 summation order
+
+template <typename XT, typename OT>
+void unshuffle_rows(const at::Tensor& x, const at::Tensor& token, const at::Tensor& ids, const at::Tensor* pos,
+                    at::Tensor& out) {
+  using Op = at::opmath_type<OT>;
+  const int64_t batch = ids.size(0), length = ids.size(1), width = x.size(2);
+  const int64_t visible = x.size(1) - 1;
+  const XT* x_data = x.const_data_ptr<XT>();
+  const XT* token_data = token.const_data_ptr<XT>();
+  const int64_t* id = ids.const_data_ptr<int64_t>();
+  const OT* pos_data = pos != nullptr ? pos->const_data_ptr<OT>() : nullptr;
+  OT* out_data = out.mutable_data_ptr<OT>();
+  const int64_t rows = 1 + length;
+  at::parallel_for(0, batch * rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t b = n / rows, r = n % rows;
+      const XT* src = token_data;
+      if (r == 0) {
+        src = x_data + b * (visible + 1) * width;
+      } else if (const int64_t slot = id[b * length + r - 1]; slot < visible) {
+        src = x_data + (b * (visible + 1) + 1 + slot) * width;
+      }
+      OT* dst = out_data + n * width;
+      if (pos_data == nullptr) {
+        for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<OT>(src[j]);
+      } else {
+        const OT* pos_row = pos_data + r * width;
+        for (int64_t j = 0; j < width; ++j) {
+          dst[j] = static_cast<OT>(static_cast<Op>(src[j]) + static_cast<Op>(pos_row[j]));
+        }
+      }
+    }
+  });
+}
+
+void check_unshuffle_inputs(const at::Tensor& x_vis, const at::Tensor& mask_token, const at::Tensor& ids_restore,
+                            const std::optional<at::Tensor>& pos_embed) {
+  TORCH_CHECK_VALUE(x_vis.dim() == 3, "x_vis must have shape (B, 1+K, d), got ", x_vis.sizes());
+  check_float_dtype(x_vis, "x_vis");
+  check_float_dtype(mask_token, "mask_token");
+  const int64_t batch = x_vis.size(0), width = x_vis.size(2);
+  check_ids(ids_restore, batch, x_vis, "ids_restore");
+  const int64_t length = ids_restore.size(1);
+  TORCH_CHECK_VALUE(x_vis.size(1) >= 1 && x_vis.size(1) <= 1 + length, "x_vis must hold the cls row plus K <= L = ",
+                    length, " tokens, got ", x_vis.size(1), " rows");
+  TORCH_CHECK_VALUE(mask_token.numel() == width && mask_token.dim() == 3, "mask_token must have shape (1, 1, ",
+                    width, "), got ", mask_token.sizes());
+  TORCH_CHECK_VALUE(mask_token.device() == x_vis.device(), "mask_token must be on ", x_vis.device());
+  if (pos_embed.has_value()) {
+    check_float_dtype(*pos_embed, "pos_embed");
+    TORCH_CHECK_VALUE(pos_embed->dim() == 3 && pos_embed->size(0) == 1 && pos_embed->size(1) == 1 + length &&
+                          pos_embed->size(2) == width,
+                      "pos_embed must have shape (1, ", 1 + length, ", ", width, "), got ", pos_embed->sizes());
+    TORCH_CHECK_VALUE(pos_embed->device() == x_vis.device(), "pos_embed must be on ", x_vis.device());
+  }
+}
+
+at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tensor& mask_token,
+                                         const at::Tensor& ids_restore, const std::optional<at::Tensor>& pos_embed) {
+  check_unshuffle_inputs(x_vis, mask_token, ids_restore, pos_embed);
+  const at::Tensor ids = ids_restore.contiguous();
+  check_permutation_rows_cpu(ids, "ids_restore");
+  const auto out_dtype =
+      pos_embed.has_value() ? c10::promoteTypes(x_vis.scalar_type(), pos_embed->scalar_type()) : x_vis.scalar_type();
+  const at::Tensor x = x_vis.contiguous();
+  // the reference casts the mask token to x_vis's dtype before anything else (d elements)
+  const at::Tensor token = mask_token.to(x_vis.scalar_type()).contiguous();
+  std::optional<at::Tensor> pos;
+  if (pos_embed.has_value()) pos = pos_embed->to(out_dtype).contiguous();  // exact: out_dtype >= pos dtype
+  at::Tensor out = new_output({x.size(0), 1 + ids.size(1), x.size(2)}, x.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "unshuffle_out", [&] {
+    using OT = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unshuffle_x", [&] {
+      unshuffle_rows<scalar_t, OT>(x, token, ids, pos ? &*pos : nullptr, out);
+    });
+  });
+  return out;
+}
+
+template <typename GT, typename XT>
+void unshuffle_backward_rows(const at::Tensor& grad, const at::Tensor& ids, int64_t visible, at::Tensor* grad_x,
+                             float* mask_partials, float* pos_sum) {
+  const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2), length = rows - 1;
+  const GT* g = grad.const_data_ptr<GT>();
+  const int64_t* id = ids.const_data_ptr<int64_t>();
+  XT* gx = grad_x != nullptr ? grad_x->mutable_data_ptr<XT>() : nullptr;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  // small problems stay on one thread: waking the pool costs more than they take
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, batch * kRowsPerTask * width));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+      float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const GT* g_row = g + (b * rows + r) * width;
+          const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
+          const bool masked = r > 0 && slot >= visible;
+          if (gx != nullptr && !masked) {
+            XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
+            for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
+          }
+          if (mask_acc != nullptr && masked) {
+            for (int64_t j = 0; j < width; ++j) mask_acc[j] += static_cast<float>(g_row[j]);
+          }
+          if (pos_sum != nullptr) {
+            float* acc = pos_sum + r * width;
+            for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<float>(g_row[j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& ids_restore, int64_t num_visible, at::ScalarType x_vis_dtype,
+    at::ScalarType mask_token_dtype, std::optional<at::ScalarType> pos_embed_dtype, const c10::List<bool>& needs_grad_raw) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must have shape (B, 1+L, d), got ", grad_out.sizes());
+  check_float_dtype(grad_out, "grad_out");
+  check_ids(ids_restore, grad_out.size(0), grad_out, "ids_restore");
+  TORCH_CHECK_VALUE(ids_restore.size(1) + 1 == grad_out.size(1), "grad_out must have 1 + L = ",
+                    ids_restore.size(1) + 1, " rows, got ", grad_out.size(1));
+  TORCH_CHECK_VALUE(num_visible >= 0 && num_visible <= ids_restore.size(1), "num_visible must be in [0, L], got ",
+                    num_visible);
+  TORCH_CHECK_VALUE(needs_grad_raw.size() == 3, "needs_grad must have 3 entries, got ", needs_grad_raw.size());
+  const bool need_x = needs_grad_raw.get(0), need_mask = needs_grad_raw.get(1);
+  const bool need_pos = needs_grad_raw.get(2) && pos_embed_dtype.has_value();
+  const at::Tensor ids = ids_restore.contiguous();
+  check_permutation_rows_cpu(ids, "ids_restore");
+  const at::Tensor grad = grad_out.contiguous();  // the gradient of a .sum() arrives with stride 0
+  const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2);
+  const at::Tensor empty = at::empty({0}, grad.options());
+  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype)) : empty;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const auto f32 = grad.options().dtype(at::kFloat);
+  at::Tensor mask_partials = need_mask ? at::zeros({tasks, width}, f32) : empty;
+  at::Tensor pos_sum = need_pos ? at::zeros({rows, width}, f32) : empty;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "unshuffle_bwd_grad", [&] {
+    using GT = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_vis_dtype, "unshuffle_bwd_x", [&] {
+      unshuffle_backward_rows<GT, scalar_t>(grad, ids, num_visible, need_x ? &grad_x : nullptr,
+                                            need_mask ? mask_partials.mutable_data_ptr<float>() : nullptr,
+                                            need_pos ? pos_sum.mutable_data_ptr<float>() : nullptr);
+    });
+  });
+  at::Tensor grad_mask = need_mask ? mask_partials.sum(0).to(mask_token_dtype).view({1, 1, width}) : empty;
+  at::Tensor grad_pos = need_pos ? pos_sum.to(*pos_embed_dtype).unsqueeze(0) : empty;
+  return {grad_x, grad_mask, grad_pos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmae_native, CPU, m) {
+  m.impl("unshuffle_with_mask_token", &unshuffle_with_mask_token_cpu);
+  m.impl("unshuffle_with_mask_token_backward", &unshuffle_with_mask_token_backward_cpu);
+}
+
+}  // namespace fastmae_native
