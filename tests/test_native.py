@@ -307,8 +307,7 @@ def test_auto_selects_native_for_cpu(native, monkeypatch):
 @pytest.mark.skipif(not OPS_MERGED, reason="the fastmae.ops functional API is not merged into this branch yet")
 def test_public_api_with_native_backend(native, monkeypatch):
     # from the op modules: `fastmae.ops.patchify_gather` is also a submodule name, which shadows the lazy export
-    from fastmae.ops.masked_mse_loss import masked_mse_loss
-    from fastmae.ops.patchify_gather import patchify_gather
+    from fastmae.ops import masked_mse_loss, patchify_gather
     from fastmae.ops.unshuffle import unshuffle_with_mask_token
 
     monkeypatch.setenv("FASTMAE_BACKEND", "native")
@@ -342,8 +341,7 @@ def test_fallback_when_extension_unavailable(monkeypatch):
 @pytest.mark.skipif(not OPS_MERGED, reason="the fastmae.ops functional API is not merged into this branch yet")
 def test_public_api_falls_back_to_torch(monkeypatch):
     # from the op modules: `fastmae.ops.patchify_gather` is also a submodule name, which shadows the lazy export
-    from fastmae.ops.masked_mse_loss import masked_mse_loss
-    from fastmae.ops.patchify_gather import patchify_gather
+    from fastmae.ops import masked_mse_loss, patchify_gather
     from fastmae.ops.unshuffle import unshuffle_with_mask_token
 
     monkeypatch.setattr(_native, "available", lambda: False)
