@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q setuptools wheel
+command -v cmake >/dev/null || python -m pip install -q cmake   # the native CPU build needs it; CI checks it loads
 python -m pip install -q torch==2.13.0          # the local CPU wheel: no CUDA wheels are pulled in
-python -m pip install -q --no-build-isolation -e ".[test]"
+FASTMAE_BUILD_NATIVE=1 python -m pip install -q --no-build-isolation -e ".[test]"
 ruff check .
 set +e
 TRITON_INTERPRET=1 python -m pytest "$@"
