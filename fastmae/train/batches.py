@@ -63,7 +63,7 @@ def build_batches(args: argparse.Namespace, loader: str, device: torch.device, r
     if loader == "synthetic":
         return SyntheticBatches(args.synthetic_size, args.batch_size, input_size, device=device, rank=rank,
                                 world_size=world_size, seed=args.seed)
-    from fastmae.data.loader import build_loader
+    from fastmae.data import build_loader
 
     return build_loader(args.data_path, args.batch_size, input_size, backend=loader, device=device, rank=rank,
                         world_size=world_size, seed=args.seed, num_workers=args.num_workers)

@@ -205,10 +205,13 @@ class Trainer:
                 meter.images += self.settings.effective_batch
                 if pos.global_step % args.log_every == 0:
                     self._log(meter)
-                if save_every and pos.global_step % save_every == 0:
+                epoch_done = pos.step_in_epoch == self.steps_per_epoch
+                if epoch_done:
+                    self._end_epoch()  # a checkpoint at an epoch end then points at the next epoch's start
+                if (save_every and pos.global_step % save_every == 0) or (not save_every and epoch_done):
                     self.save()
-            if pos.step_in_epoch == self.steps_per_epoch:
-                self._end_epoch(save=not save_every)
+                if epoch_done:
+                    break
         self._read_metrics()
         if self.display_losses:
             self._log(meter)
@@ -222,7 +225,7 @@ class Trainer:
         self.result.global_step = pos.global_step
         return self.result
 
-    def _end_epoch(self, save: bool) -> None:
+    def _end_epoch(self) -> None:
         pos = self.position
         self._read_metrics()
         finite = [v for v in self.epoch_losses if math.isfinite(v)]
@@ -231,8 +234,6 @@ class Trainer:
         self.epoch_losses = []
         pos.epoch += 1
         pos.step_in_epoch = 0
-        if save:
-            self.save()
 
 
 def train(args: argparse.Namespace) -> TrainResult:
