@@ -1,8 +1,8 @@
 """Input checks shared by the reference, the ops and the models.
 
 Every check raises a ValueError/TypeError that names the argument and says what was
-expected. None of them reads tensor *values* (that would be a host sync): they look
-only at shapes, dtypes and devices.
+expected. All but :func:`check_id_values` look only at shapes, dtypes and devices; that one
+reads tensor *values* (a host sync), so the ops call it only in debug mode (FASTMAE_DEBUG=1).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     mask_ratio = check_mask_ratio(mask_ratio)
     keep = int(num_patches * (1 - mask_ratio))
     if not 1 <= keep <= num_patches - 1:
-        # valid ratios r satisfy 1 <= int(L(1-r)) <= L-1, i.e. 1/L <= r <= 1 - 1/L (up to rounding)
+        # int(L(1-r)) >= 1 iff r <= 1 - 1/L; int(L(1-r)) <= L-1 iff 1 - r < 1, i.e. r > 0 (in floating point)
         raise ValueError(
             f"mask_ratio={mask_ratio} keeps {keep} of {num_patches} patches; at least 1 must be kept and "
-            f"at least 1 removed, so mask_ratio must lie in [{1 / num_patches:.6g}, {1 - 1 / num_patches:.6g}] "
-            f"for L={num_patches}"
+            f"at least 1 removed, so mask_ratio must lie in (0, ~{1 - 1 / num_patches:.6g}] for L={num_patches} "
+            f"(int(L * (1 - mask_ratio)) in floating point must be in [1, L-1])"
         )
     return keep
 
@@ -81,14 +81,94 @@ def check_images(
             f"{name} must be {img_size[0]}x{img_size[1]} for this model, got {height}x{width}"
         )
     ph, pw = patch_size
-    for dim_name, size, p in (("height", height, ph), ("width", width, pw)):
+    return _patch_grid(name, (("height", height, ph), ("width", width, pw)))  # type: ignore[return-value]
+
+
+def _patch_grid(name: str, dims: Sequence[tuple[str, int, int]]) -> tuple[int, ...]:
+    """Patches per dimension for (dimension name, size, patch extent) triples; the error suggests a crop."""
+    for dim_name, size, p in dims:
         if size % p != 0 or size == 0:
             nearest = max(p, size // p * p)
             raise ValueError(
                 f"{name} {dim_name} {size} is not divisible by the patch size {p}; "
                 f"crop or resize to {nearest} (the nearest valid size not larger)"
             )
-    return height // ph, width // pw
+    return tuple(size // p for _, size, p in dims)
+
+
+def patch_shape(patch_size: int | Sequence[int], rank: int, name: str = "patch_size") -> tuple[int, ...]:
+    """Patch extent for a rank-4 image batch, (ph, pw), or a rank-5 video batch, (pt, ph, pw).
+
+    Images take an int (square) or an (ph, pw) pair; videos need a (pt, ph, pw) tubelet.
+    """
+    if rank == 4:
+        return pair(patch_size, name)
+    if isinstance(patch_size, Sequence) and len(patch_size) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in patch_size
+    ):
+        if min(patch_size) <= 0:
+            raise ValueError(f"{name} must be positive, got {patch_size!r}")
+        return tuple(int(v) for v in patch_size)
+    raise TypeError(f"{name} for a video batch (N, C, T, H, W) must be a tubelet (pt, ph, pw), got {patch_size!r}")
+
+
+def check_videos(videos: torch.Tensor, tubelet: tuple[int, int, int], *, name: str = "imgs") -> tuple[int, int, int]:
+    """Check an (N, C, T, H, W) video batch; return the tubelet grid (T/pt, H/ph, W/pw)."""
+    check_tensor(videos, name)
+    if videos.dim() != 5:
+        raise ValueError(f"{name} must have shape (N, C, T, H, W), got {videos.dim()} dims {tuple(videos.shape)}")
+    check_float(videos, name)
+    _, _, frames, height, width = videos.shape
+    pt, ph, pw = tubelet
+    return _patch_grid(name, (("frames", frames, pt), ("height", height, ph), ("width", width, pw)))  # type: ignore[return-value]
+
+
+def check_patch_batch(
+    imgs: torch.Tensor, patch_size: int | Sequence[int], name: str = "imgs"
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """An image (N, C, H, W) or video (N, C, T, H, W) batch with its patch size -> (patch extent, patch grid)."""
+    check_tensor(imgs, name)
+    if imgs.dim() not in (4, 5):
+        raise ValueError(
+            f"{name} must be images (N, C, H, W) or videos (N, C, T, H, W), got {imgs.dim()} dims "
+            f"{tuple(imgs.shape)}"
+        )
+    patch = patch_shape(patch_size, imgs.dim())
+    grid = check_images(imgs, patch, name=name) if imgs.dim() == 4 else check_videos(imgs, patch, name=name)
+    return patch, grid
+
+
+def check_ids(ids: torch.Tensor, batch: int, num_patches: int, device: torch.device, name: str = "ids_keep") -> int:
+    """Check (N, K) int64 patch indices on ``device`` with 1 <= K <= L; return K. Values are not read."""
+    check_tensor(ids, name)
+    if ids.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64 (torch.long), got {ids.dtype}")
+    if ids.dim() != 2 or ids.shape[0] != batch:
+        raise ValueError(f"{name} must have shape (N, K) with N = {batch}, got {tuple(ids.shape)}")
+    if not 1 <= ids.shape[1] <= num_patches:
+        raise ValueError(f"{name} must keep between 1 and L = {num_patches} patches, got K = {ids.shape[1]}")
+    if not same_device(ids.device, device):
+        raise ValueError(f"{name} must be on {device} like the images, got {ids.device}")
+    return int(ids.shape[1])
+
+
+def check_id_values(ids: torch.Tensor, num_patches: int, name: str) -> None:
+    """Patch indices (N, K): every id in [0, L) and distinct within its row, so an (N, L) ids_restore holds
+    permutations of [0, L). Reads the values (a host sync): for debug mode only."""
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= num_patches:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds patch index {bad}, outside the valid range [0, {num_patches}) "
+            f"({name} values must lie in [0, L), L = {num_patches} patches)"
+        )
+    sorted_ids = ids.sort(dim=1).values
+    if (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any():
+        whole = ids.shape[1] == num_patches
+        rule = "rows must be permutations of [0, L)" if whole else "each row must hold distinct indices"
+        raise ValueError(f"{name} repeats a patch index within a row; {rule}")
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

@@ -1,5 +1,9 @@
 """fastmae's fused masked-image-modeling ops.
 
+Module names differ from the names they export (``gather.py`` defines ``patchify_gather``):
+importing a submodule sets a package attribute of the module's name, which would otherwise
+shadow the function of the same name.
+
 Imported lazily: ``from fastmae.ops import patchify_gather`` loads that op's module (and
 triton) only then, so ``import fastmae.ops`` stays cheap.
 """
@@ -15,9 +19,9 @@ _EXPORTS: dict[str, str] = {
     "random_masking": "masking",
     "patchify": "patchify",
     "unpatchify": "patchify",
-    "patchify_gather": "patchify_gather",
+    "patchify_gather": "gather",
     "unshuffle_with_mask_token": "unshuffle",
-    "masked_mse_loss": "masked_mse_loss",
+    "masked_mse_loss": "loss",
 }
 
 __all__ = sorted(_EXPORTS)

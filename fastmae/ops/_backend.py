@@ -9,7 +9,7 @@
 - ``torch``: plain PyTorch everywhere.
 
 Every op is registered twice with the same schema: ``torch.ops.fastmae.NAME`` (a
-``triton_op`` whose body branches on :func:`use_triton`) and, when the extension is built,
+``triton_op`` whose body branches on :func:`launch_triton`) and, when the extension is built,
 ``torch.ops.fastmae_native.NAME``. :func:`resolve_op` picks one per call.
 """
 
@@ -49,8 +49,29 @@ def select_backend(device: torch.device) -> Backend:
 
 
 def use_triton(device: torch.device) -> bool:
-    """Inside a ``fastmae::`` op body: launch the Triton kernel (True) or run plain PyTorch."""
+    """Whether tensors on ``device`` take the Triton kernels (CUDA, or FASTMAE_BACKEND=triton)."""
     return device.type == "cuda" or requested_backend() == "triton"
+
+
+def launch_triton(tensor: torch.Tensor) -> bool:
+    """Inside a ``fastmae::`` op body: launch the Triton kernel (True) or run the plain PyTorch branch.
+
+    :func:`use_triton` for ``tensor``'s device, except for fake tensors while the kernels are interpreted
+    (TRITON_INTERPRET=1): ``wrap_triton`` then holds a bare interpreted kernel that cannot run on the fake
+    tensors of ``torch.compile`` or ``opcheck``, so those traces take the PyTorch branch (same shapes, dtypes
+    and strides). ``torch.compile`` inlines a ``triton_op``'s body, so a graph compiled on CPU under the
+    interpreter holds the PyTorch branch; eager calls still run the kernels. Compiled kernels (a GPU) are
+    traced into the graph as usual, so nothing changes on CUDA.
+    """
+    if not use_triton(tensor.device):
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    if not is_fake(tensor):
+        return True
+    import triton.knobs  # only reached from op modules, which have imported triton already
+
+    return not triton.knobs.runtime.interpret
 
 
 def resolve_op(name: str, device: torch.device) -> torch._ops.OpOverloadPacket:
@@ -70,3 +91,8 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     if debug_checks_enabled():
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def debug_value_checks() -> bool:
+    """Run the value checks (ids in range; a host sync): debug mode, in eager code only (they cannot be traced)."""
+    return debug_checks_enabled() and not torch.compiler.is_compiling()

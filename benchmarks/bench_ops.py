@@ -1,0 +1,304 @@
+"""Benchmark fastmae's fused ops against the reference: eager, torch.compile(reference) and fastmae.
+
+    python benchmarks/bench_ops.py [--tiny] [--ops patchify_gather unshuffle_with_mask_token masked_mse_loss]
+                                   [--out results.jsonl] [--compile] [--reps N] [--dtype bfloat16]
+
+Sizes: ViT-B/16, ViT-L/16 (same op shapes as B/16: L=196, K=49) and ViT-H/14 (L=256, K=64) at batch 256,
+224 px, 3 channels, decoder width 512, mask ratio 0.75 on GPU; ``--tiny`` (the default without CUDA) runs
+one small size on CPU. On CPU, torch.compile(reference) runs only with ``--compile`` (it is slow to
+compile). Activations (imgs for patchify_gather, x_vis, pred) use ``--dtype`` (bfloat16 on GPU, float32
+on CPU by default); parameters (mask_token, decoder_pos_embed) and the loss's images stay float32, as
+under autocast.
+
+GB/s counts the bytes each op must move (the same count for every provider, so the reference's extra
+traffic shows as a lower rate); see each ``build_*`` function. A ``native`` provider runs when fastmae's
+native extension is built (FASTMAE_BACKEND=native). Appends JSON lines (one row per op x size x provider x pass,
+``bench`` = "ops") to benchmarks/results/ops.jsonl (or --out) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``fastmae`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastmae import reference
+from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
+from fastmae.bench.report import COLUMNS
+from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline, pick_device
+from fastmae.ops.masking import random_masking
+
+OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss")
+PASSES = ("fwd", "fwd+bwd")
+INDEX_BYTES = 8  # int64 ids
+PARAM_BYTES = 4  # float32 parameters
+
+
+@dataclass(frozen=True)
+class Size:
+    """One benchmark shape: images (batch, channels, img, img) cut into patch x patch patches."""
+
+    name: str
+    batch: int
+    img_size: int
+    patch: int
+    channels: int = 3
+    decoder_dim: int = 512
+    mask_ratio: float = 0.75
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch) ** 2
+
+    @property
+    def num_keep(self) -> int:
+        return int(self.num_patches * (1 - self.mask_ratio))
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch * self.patch * self.channels
+
+
+GPU_SIZES = (Size("vit_b16", 256, 224, 16), Size("vit_l16", 256, 224, 16), Size("vit_h14", 256, 224, 14))
+TINY_SIZES = (Size("tiny", 2, 32, 8, decoder_dim=32),)
+
+
+@dataclass
+class Implementation:
+    """A callable with its arguments, and the arguments whose gradients fwd+bwd computes."""
+
+    fn: Callable[..., torch.Tensor]
+    args: tuple[Any, ...]
+    grad_args: tuple[torch.Tensor, ...]
+
+    def forward(self) -> torch.Tensor:
+        return self.fn(*self.args)
+
+
+@dataclass
+class Case:
+    op: str
+    reference: Implementation
+    fastmae: Implementation
+    bytes_fwd: int
+    bytes_bwd: int
+
+
+def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
+    return random_masking(size.batch, size.num_patches, size.mask_ratio, device=device)
+
+
+def build_patchify_gather(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
+    """Bytes: fastmae.ops.gather.bytes_moved (fwd: the K kept patches, ids and the (B,K,P) output;
+    bwd: grad (B,K,P), ids and the whole grad imgs)."""
+    from fastmae.ops.gather import bytes_moved, patchify_gather
+
+    k, p = size.num_keep, size.patch
+    imgs = torch.randn(size.batch, size.channels, size.img_size, size.img_size, device=device, dtype=dtype,
+                       requires_grad=True)
+    ids_keep = _masking(size, device).ids_keep
+
+    def reference_fn(imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        patches = reference.patchify(imgs, p)
+        return torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+
+    return Case(
+        "patchify_gather",
+        Implementation(reference_fn, (imgs, ids_keep), (imgs,)),
+        Implementation(patchify_gather, (imgs, ids_keep, p), (imgs,)),
+        bytes_fwd=bytes_moved(imgs.shape, k, p, dtype, backward=False),
+        bytes_bwd=bytes_moved(imgs.shape, k, p, dtype, backward=True),
+    )
+
+
+def reference_decoder_input(
+    x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor
+) -> torch.Tensor:
+    """The reference decoder between decoder_embed and its blocks: cat, gather, cat, + pos embed."""
+    n, length = ids_restore.shape
+    mask_tokens = mask_token.expand(n, length + 1 - x.shape[1], -1)
+    x_ = torch.cat([x[:, 1:, :], mask_tokens.to(x.dtype)], dim=1)
+    x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    return torch.cat([x[:, :1, :], x_], dim=1) + pos_embed
+
+
+def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
+    """Bytes: fwd reads x_vis, ids, pos embed, mask token, writes (B,1+L,d) in the promoted dtype; bwd reads
+    grad_out and ids, writes grad x_vis and grad mask_token (the pos embed is frozen, as in MAE)."""
+    from fastmae.ops.unshuffle import unshuffle_with_mask_token
+
+    b, length, k, d = size.batch, size.num_patches, size.num_keep, size.decoder_dim
+    x_vis = torch.randn(b, 1 + k, d, device=device, dtype=dtype, requires_grad=True)
+    mask_token = (0.02 * torch.randn(1, 1, d, device=device)).requires_grad_()
+    grid = size.img_size // size.patch
+    pos_embed = reference.sincos_2d_pos_embed(d, grid, cls_token=True).reshape(1, 1 + length, d).to(device)
+    ids_restore = _masking(size, device).ids_restore
+    elem, out_elem = x_vis.element_size(), torch.promote_types(dtype, torch.float32).itemsize
+    args = (x_vis, mask_token, ids_restore, pos_embed)
+    return Case(
+        "unshuffle_with_mask_token",
+        Implementation(reference_decoder_input, args, (x_vis, mask_token)),
+        Implementation(unshuffle_with_mask_token, args, (x_vis, mask_token)),
+        bytes_fwd=b * (1 + k) * d * elem + b * length * INDEX_BYTES + (2 + length) * d * PARAM_BYTES
+        + b * (1 + length) * d * out_elem,
+        bytes_bwd=b * (1 + length) * d * out_elem + b * length * INDEX_BYTES + b * (1 + k) * d * elem
+        + d * PARAM_BYTES,
+    )
+
+
+def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
+    """Reference: mae_loss on the full pred (B,L,P); fastmae: pred of the removed patches only, (B,L-K,P) in
+    shuffled order (ids_shuffle[:, K:]), norm_pix on. Bytes: fwd reads pred and image pixels of the removed
+    patches and ids; bwd reads them again and writes grad pred (B,L-K,P)."""
+    from fastmae.ops.loss import masked_mse_loss
+
+    b, length, k, p, patch_dim = size.batch, size.num_patches, size.num_keep, size.patch, size.patch_dim
+    imgs = torch.randn(b, size.channels, size.img_size, size.img_size, device=device)
+    masking = _masking(size, device)
+    pred_full = torch.randn(b, length, patch_dim, device=device, dtype=dtype, requires_grad=True)
+    removed_ids = masking.ids_shuffle[:, k:]
+    pred_removed = pred_full.detach().gather(1, removed_ids.unsqueeze(-1).expand(-1, -1, patch_dim))
+    pred_removed.requires_grad_()
+    removed = b * (length - k) * patch_dim
+    elem = pred_full.element_size()
+
+    def reference_fn(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return reference.mae_loss(imgs, pred, mask, p, True)
+
+    def fastmae_fn(pred: torch.Tensor, imgs: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        return masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
+
+    return Case(
+        "masked_mse_loss",
+        Implementation(reference_fn, (imgs, pred_full, masking.mask), (pred_full,)),
+        Implementation(fastmae_fn, (pred_removed, imgs, masking.ids_restore), (pred_removed,)),
+        bytes_fwd=removed * (elem + 4) + b * length * INDEX_BYTES,
+        bytes_bwd=removed * (2 * elem + 4) + b * length * INDEX_BYTES,
+    )
+
+
+BUILDERS: dict[str, Callable[[Size, torch.device, torch.dtype], Case]] = {
+    "patchify_gather": build_patchify_gather,
+    "unshuffle_with_mask_token": build_unshuffle_with_mask_token,
+    "masked_mse_loss": build_masked_mse_loss,
+}
+
+
+@contextlib.contextmanager
+def _backend(choice: str | None) -> Iterator[None]:
+    """Set FASTMAE_BACKEND for the duration (None: leave it as it is)."""
+    previous = os.environ.get("FASTMAE_BACKEND")
+    if choice is not None:
+        os.environ["FASTMAE_BACKEND"] = choice
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("FASTMAE_BACKEND", None)
+        else:
+            os.environ["FASTMAE_BACKEND"] = previous
+
+
+Provider = tuple[str, Implementation, str | None]
+
+
+def providers(case: Case, compile_reference: bool) -> list[Provider]:
+    """(provider, implementation, FASTMAE_BACKEND) for one case."""
+    result: list[Provider] = [("reference", case.reference, None)]
+    if compile_reference:
+        ref = case.reference
+        result.append(("compiled", Implementation(torch.compile(ref.fn), ref.args, ref.grad_args), None))
+    result.append(("fastmae", case.fastmae, None))
+    from fastmae import _native
+
+    if _native.available():
+        result.append(("native", case.fastmae, "native"))
+    return result
+
+
+def pass_fn(impl: Implementation, pass_name: str) -> Callable[[], object]:
+    """The callable timed for one pass; fwd+bwd uses autograd.grad so no .grad accumulates between runs."""
+    if pass_name == "fwd":
+        return impl.forward
+    with torch.no_grad():
+        probe = impl.forward()
+    grad_out = torch.ones_like(probe) if probe.dim() == 0 else torch.randn_like(probe)
+
+    def forward_backward() -> object:
+        return torch.autograd.grad(impl.forward(), impl.grad_args, grad_out)
+
+    return forward_backward
+
+
+def run_case(
+    case: Case, size: Size, device: torch.device, dtype: torch.dtype, *, compile_reference: bool, warmup: int, reps: int
+) -> list[dict[str, Any]]:
+    rows = []
+    for provider, impl, backend in providers(case, compile_reference):
+        for pass_name in PASSES:
+            moved = case.bytes_fwd + (case.bytes_bwd if pass_name == "fwd+bwd" else 0)
+            row: dict[str, Any] = {
+                "bench": "ops", "op": case.op, "size": size.name, "provider": provider, "pass": pass_name,
+                "dtype": str(dtype).replace("torch.", ""),
+                "batch": size.batch, "num_patches": size.num_patches, "num_keep": size.num_keep,
+                "patch_size": size.patch, "decoder_dim": size.decoder_dim, "bytes": moved,
+                "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok",
+            }  # fmt: skip
+            with _backend(backend):
+                fn = pass_fn(impl, pass_name)
+                ms = op_median_ms(fn, device, warmup=warmup, iters=reps)
+                peak = peak_memory_above_baseline(fn, device)
+            row.update(median_ms=ms, gbps=moved / (ms * 1e-3) / 1e9, peak_mem_bytes=peak)
+            rows.append(row)
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="small sizes (the default without CUDA)")
+    parser.add_argument("--ops", nargs="+", choices=OP_NAMES, default=list(OP_NAMES))
+    add_out_argument(parser, "ops")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--compile", action="store_true", help="also torch.compile(reference) on CPU")
+    parser.add_argument("--warmup", type=int, default=3, help="CPU warm-up runs (GPU: do_bench's own)")
+    parser.add_argument("--reps", type=int, default=10, help="CPU timed runs (GPU: do_bench's own)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmarks; return the rows written."""
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    tiny = args.tiny or device.type != "cuda"
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    compile_reference = device.type == "cuda" or args.compile
+    env = environment(device, argv)
+    rows = []
+    for size in TINY_SIZES if tiny else GPU_SIZES:
+        for op in args.ops:
+            torch.manual_seed(0)
+            case = BUILDERS[op](size, device, dtype)
+            for row in run_case(
+                case, size, device, dtype, compile_reference=compile_reference, warmup=args.warmup, reps=args.reps
+            ):
+                rows.append({**env, **row})
+    path = append_jsonl(rows, args.out)
+    print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['git_commit']}")
+    print(markdown_table(rows, COLUMNS["ops"]))
+    print(f"{len(rows)} rows appended to {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

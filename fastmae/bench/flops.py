@@ -1,0 +1,58 @@
+"""One analytic count of MAE training FLOPs per image, the same for every provider.
+
+Only matrix products are counted (2 FLOPs per multiply-add): the patch embedding, the qkv /
+proj / MLP linears, the two attention products, the decoder embedding and the prediction head,
+as the reference algorithm runs them (encoder on 1+K tokens, decoder and head on 1+L tokens).
+Training is counted as three forwards (forward, and a backward of twice the forward), the usual
+convention for MFU. ``tests/test_bench.py`` checks the count against torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fastmae import reference
+from fastmae._validation import num_kept, pair
+
+
+def full_model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """Every constructor argument of a named model: its config over the constructor defaults."""
+    params = inspect.signature(reference.MaskedAutoencoderViT.__init__).parameters
+    config = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    config.update(reference.model_config(name, **overrides))
+    return config
+
+
+def _transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> int:
+    hidden = int(width * mlp_ratio)
+    per_block = (
+        2 * tokens * width * 3 * width  # qkv
+        + 2 * 2 * tokens * tokens * width  # q k^T and attn v
+        + 2 * tokens * width * width  # proj
+        + 2 * 2 * tokens * width * hidden  # fc1 and fc2
+    )
+    return depth * per_block
+
+
+def mae_forward_flops_per_image(name: str, mask_ratio: float = 0.75, **overrides: Any) -> int:
+    """Matrix-product FLOPs of one forward pass of the MAE algorithm for one image."""
+    cfg = full_model_config(name, **overrides)
+    height, width = pair(cfg["img_size"], "img_size")
+    p, chans = cfg["patch_size"], cfg["in_chans"]
+    num_patches = (height // p) * (width // p)
+    keep = num_kept(num_patches, mask_ratio)
+    dim, dec = cfg["embed_dim"], cfg["decoder_embed_dim"]
+    patch_dim = p * p * chans
+    return (
+        2 * keep * patch_dim * dim  # patch embedding of the visible patches
+        + _transformer_flops(1 + keep, dim, cfg["depth"], cfg["mlp_ratio"])
+        + 2 * (1 + keep) * dim * dec  # decoder_embed
+        + _transformer_flops(1 + num_patches, dec, cfg["decoder_depth"], cfg["mlp_ratio"])
+        + 2 * (1 + num_patches) * dec * patch_dim  # decoder_pred
+    )
+
+
+def mae_train_flops_per_image(name: str, mask_ratio: float = 0.75, **overrides: Any) -> int:
+    """Training FLOPs per image: three forwards (forward + backward)."""
+    return 3 * mae_forward_flops_per_image(name, mask_ratio, **overrides)

@@ -1,0 +1,89 @@
+"""The train-step providers compared by the benchmarks.
+
+- ``reference-published``: the reference model in the official loop: fp16 autocast with a
+  GradScaler, explicit-softmax attention, eager, non-fused AdamW, ``loss.item()`` every step.
+- ``reference-modern``: the same loop with bf16 autocast, SDPA and ``torch.compile(model)``: the
+  five-minute changes a careful user makes.
+- ``fastmae``: fastmae's own training step (fused ops, compiled forward+backward, fused AdamW,
+  no host sync).
+
+Each provider returns a ``step(imgs)`` closure doing one full optimizer step on a batch. On
+CPU, fp16 autocast is replaced by fp32 (CPU fp16 matmuls are emulated) and compilation is
+opt-in; the row's ``precision`` says what ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+PROVIDERS = ("reference-published", "reference-modern", "fastmae")
+
+
+@dataclass
+class BuiltStep:
+    step: Callable[[torch.Tensor], None]
+    precision: str
+    compiled: bool
+
+
+def _check_provider(name: str) -> None:
+    if name not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {name!r}")
+
+
+def build_step(
+    provider: str, model_name: str, device: torch.device, *, mask_ratio: float = 0.75, compile_model: bool,
+    norm_pix_loss: bool = True,
+) -> BuiltStep:
+    """``provider``'s optimizer step for ``model_name`` on ``device``: ``step(imgs (N, C, H, W))``."""
+    _check_provider(provider)
+    if provider == "fastmae":
+        return _fastmae_step(model_name, device, mask_ratio, compile_model, norm_pix_loss)
+    return _reference_step(provider, model_name, device, mask_ratio, compile_model, norm_pix_loss)
+
+
+def _reference_step(
+    provider: str, model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
+) -> BuiltStep:
+    from fastmae.reference import create_reference_model
+    from fastmae.train.optim import param_groups
+
+    published = provider == "reference-published"
+    model = create_reference_model(
+        model_name, attn_impl="math" if published else "sdpa", norm_pix_loss=norm_pix
+    ).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=False)
+    if published:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    compiled = compile_model and not published
+    forward = torch.compile(model) if compiled else model
+
+    def step(imgs: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, _, _ = forward(imgs, mask_ratio)
+        loss.item()  # the official loop reads the loss every step (a host sync)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return BuiltStep(step, str(dtype).replace("torch.", ""), compiled)
+
+
+def _fastmae_step(
+    model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
+) -> BuiltStep:
+    from fastmae.train.step import build_train_step
+
+    precision = "bf16"
+    train_step = build_train_step(
+        model_name, device=device, precision=precision, compile_model=compile_model, norm_pix_loss=norm_pix,
+        mask_ratio=mask_ratio,
+    )
+    return BuiltStep(train_step, precision, compile_model)

@@ -1,0 +1,308 @@
+"""``patchify_gather``: the visible patches of an image or video batch, in one pass.
+
+Equals ``reference.patchify(imgs, p)`` followed by a gather of the rows ``ids_keep``, but
+reads only the visible pixels and writes only the (N, K, P) result.
+
+Op schemas (the native extension registers the same ones under ``fastmae_native``;
+``triton_op`` infers ``SymInt[]`` for ``list[int]`` arguments)::
+
+    fastmae::patchify_gather(Tensor imgs, Tensor ids_keep, SymInt[] patch_size) -> Tensor
+    fastmae::patchify_gather_backward(Tensor grad_patches, Tensor ids_keep, SymInt[] patch_size,
+                                      SymInt[] imgs_shape) -> Tensor
+
+- imgs (N, C, H, W) with patch_size [ph, pw], or (N, C, T, H, W) with a tubelet [pt, ph, pw];
+  float32 / bfloat16 / float16, any strides.
+- ids_keep (N, K) int64, distinct indices in [0, L) per row, L = number of patches (tubelets
+  in (T, H, W) row-major order).
+- output (N, K, P), P = pt*ph*pw*C, contiguous, imgs' dtype; element ((ti*ph + i)*pw + j)*C + c
+  of a patch is frame ti, row i, column j, channel c (channel last, as the official patchify).
+- backward: grad_imgs (imgs_shape, contiguous) = zeros with each visible patch's gradient
+  stored in place: a pure scatter, bitwise equal to autograd through patchify + gather.
+  Saves only ids_keep (and the shape).
+
+Kernel: one program per (visible patch, chunk of BLOCK elements of that patch), walking the
+patch in destination (channel-last) order, so the stores are contiguous. See
+docs/ops.md for the layout discussion and :func:`bytes_moved` for the
+traffic the benchmark counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from fastmae._validation import check_id_values, check_ids, check_patch_batch, patch_shape
+from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _patch_offsets(
+    row,
+    chunk,
+    ids_ptr,
+    num_keep,
+    grid_h,
+    grid_w,
+    img_stride_b,
+    img_stride_c,
+    img_stride_t,
+    img_stride_h,
+    img_stride_w,
+    ids_stride_b,
+    ids_stride_k,
+    PT: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    CHANS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Image offsets (int64) of elements [chunk*BLOCK, +BLOCK) of visible patch ``row`` = b*K + k."""
+    b = (row // num_keep).to(tl.int64)
+    k = (row % num_keep).to(tl.int64)
+    patch = tl.load(ids_ptr + b * ids_stride_b + k * ids_stride_k).to(tl.int64)
+    patch_w = patch % grid_w
+    patch_h = (patch // grid_w) % grid_h
+    patch_t = patch // grid_w // grid_h
+    # element e of the patch, channel fastest: e = ((ti*PH + i)*PW + j)*CHANS + c
+    elem = chunk * BLOCK + tl.arange(0, BLOCK)
+    in_patch = elem < PT * PH * PW * CHANS
+    chan = elem % CHANS
+    col = (elem // CHANS) % PW
+    line = (elem // (CHANS * PW)) % PH
+    frame = elem // (CHANS * PW * PH)
+    offsets = (
+        b * img_stride_b
+        + chan.to(tl.int64) * img_stride_c
+        + (patch_t * PT + frame) * img_stride_t
+        + (patch_h * PH + line) * img_stride_h
+        + (patch_w * PW + col) * img_stride_w
+    )
+    return offsets, elem, in_patch
+
+
+@triton.jit
+def _patchify_gather_kernel(
+    img_ptr,
+    ids_ptr,
+    out_ptr,
+    num_keep,
+    grid_h,
+    grid_w,
+    img_stride_b,
+    img_stride_c,
+    img_stride_t,
+    img_stride_h,
+    img_stride_w,
+    ids_stride_b,
+    ids_stride_k,
+    PT: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    CHANS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    src, elem, in_patch = _patch_offsets(
+        row, chunk, ids_ptr, num_keep, grid_h, grid_w,
+        img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
+        PT, PH, PW, CHANS, BLOCK,
+    )  # fmt: skip
+    values = tl.load(img_ptr + src, mask=in_patch)
+    tl.store(out_ptr + row.to(tl.int64) * (PT * PH * PW * CHANS) + elem, values, mask=in_patch)
+
+
+@triton.jit
+def _patchify_scatter_kernel(
+    grad_ptr,
+    ids_ptr,
+    grad_img_ptr,
+    num_keep,
+    grid_h,
+    grid_w,
+    img_stride_b,
+    img_stride_c,
+    img_stride_t,
+    img_stride_h,
+    img_stride_w,
+    ids_stride_b,
+    ids_stride_k,
+    grad_stride_b,
+    grad_stride_k,
+    grad_stride_e,
+    PT: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    CHANS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    dst, elem, in_patch = _patch_offsets(
+        row, chunk, ids_ptr, num_keep, grid_h, grid_w,
+        img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
+        PT, PH, PW, CHANS, BLOCK,
+    )  # fmt: skip
+    # grad strides may be 0 (the gradient of .sum() is an expanded tensor)
+    b = (row // num_keep).to(tl.int64)
+    k = (row % num_keep).to(tl.int64)
+    src = b * grad_stride_b + k * grad_stride_k + elem.to(tl.int64) * grad_stride_e
+    grad = tl.load(grad_ptr + src, mask=in_patch).to(tl.float32)  # exact; compares bf16 right in the interpreter
+    # store -0.0 as +0.0, as autograd's zeros + scatter_add does (bitwise equal gradients)
+    tl.store(grad_img_ptr + dst, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def _block_size(patch_numel: int) -> tuple[int, int]:
+    """BLOCK (elements per program) and num_warps: a whole patch per program up to 2048 elements."""
+    block = min(triton.next_power_of_2(patch_numel), 2048)
+    return block, max(1, min(8, block // 256))
+
+
+def _launch(
+    kernel: Any,
+    source: torch.Tensor,
+    ids_keep: torch.Tensor,
+    destination: torch.Tensor,
+    image: torch.Tensor,
+    patch: Sequence[int],
+    extra_strides: tuple[int, ...] = (),
+) -> None:
+    """Run a gather/scatter kernel over the (N*K, chunks) grid; ``image`` (source or destination) gives the strides."""
+    (_, chans, _, height, width), (pt, ph, pw) = as_video(image.shape, patch)
+    batch, num_keep = ids_keep.shape
+    patch_numel = pt * ph * pw * chans
+    block, num_warps = _block_size(patch_numel)
+    grid = (batch * num_keep, triton.cdiv(patch_numel, block))
+    wrap_triton(kernel)[grid](
+        source,
+        ids_keep,
+        destination,
+        num_keep,
+        height // ph,
+        width // pw,
+        *video_strides(image),
+        *ids_keep.stride(),
+        *extra_strides,
+        PT=pt,
+        PH=ph,
+        PW=pw,
+        CHANS=chans,
+        BLOCK=block,
+        num_warps=num_warps,
+    )
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+@triton_op("fastmae::patchify_gather", mutates_args=())
+def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
+    out_shape = (*ids_keep.shape, math.prod(patch_size) * imgs.shape[1])
+    if launch_triton(imgs):
+        out = new_output(out_shape, imgs.dtype, imgs.device)
+        _launch(_patchify_gather_kernel, imgs, ids_keep, out, imgs, patch_size)
+        return out
+    # advanced indexing on a strided view reads only the selected patches
+    visible = patch_grid_view(imgs, patch_size)[grid_index(imgs.shape, patch_size, ids_keep)]
+    return visible.reshape(out_shape).contiguous()
+
+
+@triton_op("fastmae::patchify_gather_backward", mutates_args=())
+def _patchify_gather_backward_op(
+    grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
+) -> torch.Tensor:
+    grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
+    if launch_triton(grad_patches):
+        _launch(
+            _patchify_scatter_kernel, grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size,
+            tuple(grad_patches.stride()),
+        )  # fmt: skip
+    else:
+        rows = grad_patches.reshape(*ids_keep.shape, *as_video(imgs_shape, patch_size)[1], imgs_shape[1])
+        # accumulate into zeros: the same arithmetic as autograd's gather backward
+        patch_grid_view(grad_imgs, patch_size).index_put_(
+            grid_index(imgs_shape, patch_size, ids_keep), rows, accumulate=True
+        )
+    return grad_imgs
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    imgs, ids_keep, patch_size = inputs
+    ctx.save_for_backward(ids_keep)
+    ctx.patch_size = list(patch_size)
+    ctx.imgs_shape = list(imgs.shape)
+
+
+def _backward(ctx: Any, grad_patches: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    (ids_keep,) = ctx.saved_tensors
+    grad = torch.ops.fastmae.patchify_gather_backward(grad_patches, ids_keep, ctx.patch_size, ctx.imgs_shape)
+    return grad, None, None
+
+
+def _setup_backward_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    _, ids_keep, patch_size, _ = inputs
+    ctx.save_for_backward(ids_keep)
+    ctx.patch_size = list(patch_size)
+
+
+def _double_backward(ctx: Any, grad_grad_imgs: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    """The scatter's adjoint is the gather again, so higher-order gradients work."""
+    (ids_keep,) = ctx.saved_tensors
+    return torch.ops.fastmae.patchify_gather(grad_grad_imgs, ids_keep, ctx.patch_size), None, None, None
+
+
+_patchify_gather_op.register_autograd(_backward, setup_context=_setup_context)
+_patchify_gather_backward_op.register_autograd(_double_backward, setup_context=_setup_backward_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
+    """Visible patches of an image or video batch, channel-last, in one pass.
+
+    imgs: (N, C, H, W) with patch_size p or (ph, pw), or (N, C, T, H, W) with a tubelet (pt, ph, pw);
+        float32/bfloat16/float16, any strides.
+    ids_keep: (N, K) int64, distinct patch indices in [0, L) per row (e.g. ``random_masking(...).ids_keep``).
+    Returns (N, K, pt*ph*pw*C) in imgs' dtype: ``reference.patchify(imgs, p)`` gathered on ``ids_keep``.
+    Differentiable in imgs (a scatter into zeros). FASTMAE_DEBUG=1 also checks the id values.
+    """
+    patch, grid = check_patch_batch(imgs, patch_size)
+    num_patches = math.prod(grid)
+    check_ids(ids_keep, imgs.shape[0], num_patches, imgs.device)
+    if debug_value_checks():
+        check_id_values(ids_keep, num_patches, "ids_keep")
+    return resolve_op("patchify_gather", imgs.device)(imgs, ids_keep, list(patch))
+
+
+def bytes_moved(
+    imgs_shape: Sequence[int], num_keep: int, patch_size: int | Sequence[int], dtype: torch.dtype, *, backward: bool
+) -> int:
+    """Bytes that must cross memory for one call (the benchmark's GB/s numerator).
+
+    Forward: read the N*K*P visible pixels and the N*K int64 ids, write N*K*P outputs.
+    Backward: read N*K*P gradients and the ids, write the whole image gradient (zeros) once
+    and the N*K*P visible elements again.
+    """
+    patch = patch_shape(patch_size, len(imgs_shape))
+    batch, chans = imgs_shape[0], imgs_shape[1]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    visible = batch * num_keep * math.prod(patch) * chans * itemsize
+    ids = batch * num_keep * 8
+    if not backward:
+        return 2 * visible + ids
+    return 2 * visible + ids + math.prod(imgs_shape) * itemsize

@@ -1,0 +1,48 @@
+"""benchmarks/bench_ops.py main() at tiny sizes on CPU: rows and fields, no speed assertions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastmae import _native
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+ENV_FIELDS = {"device", "device_type", "torch", "triton", "cuda", "fastmae", "python", "git_commit", "date", "command"}
+ROW_FIELDS = {"bench", "op", "size", "provider", "pass", "dtype", "bytes", "median_ms", "gbps", "peak_mem_bytes",
+              "status"}
+
+
+def test_bench_ops_main_writes_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    monkeypatch.delenv("FASTMAE_BACKEND", raising=False)
+    sys.modules.pop("benchmarks.bench_ops", None)
+    from benchmarks import bench_ops
+
+    out = tmp_path / "rows.jsonl"
+    argv = ["--tiny", "--device", "cpu", "--reps", "2", "--warmup", "1", "--out", str(out)]
+    returned = bench_ops.main(argv)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == json.loads(json.dumps(returned))
+
+    # every op x provider x pass once (no --compile on CPU: reference and fastmae only)
+    keys = {(row["op"], row["provider"], row["pass"]) for row in rows}
+    expected_providers = {"reference", "fastmae"} | ({"native"} if _native.available() else set())
+    assert keys == {(op, p, s) for op in bench_ops.OP_NAMES for p in expected_providers for s in bench_ops.PASSES}
+    assert len(rows) == len(keys)
+    for row in rows:
+        assert ENV_FIELDS | ROW_FIELDS <= row.keys(), sorted(ENV_FIELDS | ROW_FIELDS - row.keys())
+        assert row["bench"] == "ops" and row["device_type"] == "cpu" and row["peak_mem_bytes"] is None
+        assert row["command"].endswith("--out " + str(out))
+        assert row["bytes"] > 0
+        # all three ops are merged: every provider runs
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["gbps"] == pytest.approx(row["bytes"] / row["median_ms"] / 1e6)
+
+    table = capsys.readouterr().out
+    assert "| op | size | pass | provider | dtype | median_ms | gbps | peak_mem_bytes | status |" in table
+    assert table.count("| unshuffle_with_mask_token |") == 2 * len(expected_providers)
