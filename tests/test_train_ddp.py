@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fastmae.models import create_model
 from fastmae.train.distributed import World, wrap_model
-from fastmae.train.modeling import create_model
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.step import TrainStep
 

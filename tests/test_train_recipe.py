@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from fastmae.models import create_model
 from fastmae.train.args import parse_args, resolve
-from fastmae.train.modeling import create_model
 from fastmae.train.optim import build_optimizer, param_groups, set_lr
 from fastmae.train.schedule import lr_at, lr_for_step
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastmae.train.modeling import create_model
+from fastmae.models import create_model
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.step import TrainStep
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fastmae.models import create_model
 from fastmae.reference import patchify
-from fastmae.train.modeling import create_model
 from fastmae.train.visualize import main, reconstruct, triplet_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -61,7 +61,7 @@ def test_norm_pix_reconstruction_uses_each_patch_statistics():
             self.anchor = torch.nn.Parameter(torch.zeros(()))
             self.patch_size, self.grid_size, self.num_patches, self.norm_pix_loss = 4, (4, 4), 16, True
 
-        def forward(self, x, mask_ratio, noise):
+        def forward(self, x, mask_ratio, noise, return_pred=False):
             target = patchify(x, 4)
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
             mask = (noise > noise.median(dim=1, keepdim=True).values).float()

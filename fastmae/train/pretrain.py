@@ -20,18 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastmae.models import load_official_checkpoint
 from fastmae.train import checkpoint as ckpt
 from fastmae.train.args import Settings, describe, parse_args, resolve
 from fastmae.train.batches import BatchSource, build_batches
 from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
-from fastmae.train.modeling import (
-    create_model,
-    default_img_size,
-    enable_grad_checkpointing,
-    encoder_state_dict,
-    load_pretrained_state,
-    unwrap,
-)
+from fastmae.train.modeling import build_model, default_img_size, unwrap
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.progress import Meter, Reporter, peak_memory_gb
 from fastmae.train.schedule import lr_for_step
@@ -64,16 +58,15 @@ class Trainer:
         self.device = process_device(self.settings.device, world)
         self.input_size = args.input_size or default_img_size(args.model)
         torch.manual_seed(args.seed)  # identical initial weights on every rank
-        model = create_model(args.model, attn_backend=args.attn, norm_pix_loss=args.norm_pix_loss,
+        model = build_model(args.model, attn_backend=args.attn, norm_pix_loss=args.norm_pix_loss,
                              img_size=self.input_size)
         if args.init_from:
-            missing, _ = load_pretrained_state(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
-            self.init_note = f"{args.init_from} ({len(missing)} tensors not in it kept fresh)"
+            loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
+            self.init_note = f"{args.init_from} ({'encoder only' if loaded.encoder_only else 'full'})"
         else:
             self.init_note = "random (official init)"
         model.to(self.device)
-        if args.grad_checkpointing:
-            enable_grad_checkpointing(model)
+        model.set_grad_checkpointing(args.grad_checkpointing)
         param_dtype = self.settings.autocast_dtype if args.fsdp else None
         self.model = wrap_model(model, world, fsdp=args.fsdp, param_dtype=param_dtype)
         self.optimizer = build_optimizer(self.model if args.fsdp else model, self.settings.lr, args.weight_decay)
@@ -218,7 +211,8 @@ class Trainer:
         if self.result.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
             self.save()
         if self.world.is_main:
-            encoder = ckpt.export_encoder(encoder_state_dict(unwrap(self.model)), Path(args.output_dir) / "encoder.pth")
+            encoder_path = Path(args.output_dir) / "encoder.pth"
+            encoder = ckpt.export_encoder(unwrap(self.model).encoder_state_dict(), encoder_path)
             self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
                                 f"encoder-only weights {encoder}")
         self.reporter.close()

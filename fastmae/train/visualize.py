@@ -11,7 +11,6 @@ the original image), which is the only way such predictions can be viewed.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastmae.data import IMAGENET_MEAN, IMAGENET_STD
+from fastmae.models import load_official_checkpoint
 from fastmae.reference import NORM_PIX_EPS, patchify, unpatchify
 from fastmae.train import checkpoint as ckpt
-from fastmae.train.modeling import create_model, default_img_size, load_pretrained_state
+from fastmae.train.modeling import build_model, default_img_size
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MIN_TILE = 128  # small inputs are enlarged (nearest) to at least this many pixels per tile
 
@@ -65,14 +64,6 @@ def load_images(files: Sequence[Path], size: int) -> torch.Tensor:
     return (torch.stack(batch) - mean) / std
 
 
-def _forward(model: nn.Module, imgs: torch.Tensor, mask_ratio: float,
-             noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> pred (N, L, p*p*C), mask (N, L) from either model flavour's forward."""
-    kwargs = {"return_pred": True} if "return_pred" in inspect.signature(model.forward).parameters else {}
-    _, pred, mask = model(imgs, mask_ratio, noise, **kwargs)
-    return pred.float(), mask.float()
-
-
 @torch.no_grad()
 def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75,
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +72,8 @@ def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75,
     imgs = imgs.to(next(model.parameters()).device)
     p, grid = model.patch_size, model.grid_size
     noise = torch.rand(imgs.shape[0], model.num_patches, generator=torch.Generator().manual_seed(seed))
-    pred, mask = _forward(model, imgs, mask_ratio, noise.to(imgs.device))
+    _, pred, mask = model(imgs, mask_ratio, noise.to(imgs.device), return_pred=True)
+    pred, mask = pred.float(), mask.float()
     if model.norm_pix_loss:
         target = patchify(imgs, p)
         mean = target.mean(dim=-1, keepdim=True)
@@ -151,9 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.checkpoint} does not name its model: pass --model")
         norm_pix = args.norm_pix_loss if args.norm_pix_loss is not None else bool(saved.get("norm_pix_loss", False))
         size = args.input_size or saved.get("input_size") or default_img_size(name)
-        model = create_model(name, norm_pix_loss=norm_pix, img_size=size)
-        missing, _ = load_pretrained_state(model, ckpt.model_state(checkpoint))
-        if any(key.startswith("decoder_") for key in missing):
+        model = build_model(name, norm_pix_loss=norm_pix, img_size=size)
+        if load_official_checkpoint(model, ckpt.model_state(checkpoint)).encoder_only:
             raise ValueError(f"{args.checkpoint} has no decoder weights (encoder-only file?): a reconstruction "
                              "needs a full checkpoint")
         imgs = load_images(image_files(args.images)[: args.max_images], size)
