@@ -46,7 +46,7 @@ def test_lr_is_blr_times_effective_batch_over_256():
     assert absolute.lr == 0.01
 
 
-@pytest.mark.parametrize("bad", [["--batch_size", "0"], ["--mask_ratio", "1.0"], ["--warmup_epochs", "500"]])
+@pytest.mark.parametrize("bad", [["--batch_size", "0"], ["--mask_ratio", "1.0"], ["--warmup_epochs", "-1"]])
 def test_bad_flags_are_rejected(bad):
     with pytest.raises(ValueError, match=bad[0]):
         parse_args(bad)

@@ -100,8 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise ValueError(f"--max_steps must be >= 1, got {args.max_steps}")
     if not 0.0 < args.mask_ratio < 1.0:
         raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
-    if args.warmup_epochs < 0 or args.warmup_epochs > args.epochs:
-        raise ValueError(f"--warmup_epochs must be in [0, --epochs={args.epochs}], got {args.warmup_epochs}")
+    if args.warmup_epochs < 0:
+        raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
     return args
 
 

@@ -91,6 +91,7 @@ class Trainer:
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
                                  total_steps=self.total_steps, bar=False if args.no_progress else None)
         self.result = TrainResult(model=unwrap(self.model))
+        self.last_model_state: dict[str, torch.Tensor] = {}
         self.last_lr = 0.0
 
     # ---------------------------------------------------------------- checkpoints
@@ -98,6 +99,7 @@ class Trainer:
         self._read_metrics()  # flush the device-side counters into the state we save
         model_state, optim_state = ckpt.gather_training_state(self.model, self.optimizer, self.args.fsdp)
         path = ckpt.checkpoint_path(self.args.output_dir, self.position.global_step)
+        self.last_model_state = model_state  # full tensors, also under FSDP
         if self.world.is_main:
             args = self.args
             ckpt.atomic_save({
@@ -212,7 +214,8 @@ class Trainer:
             self.save()
         if self.world.is_main:
             encoder_path = Path(args.output_dir) / "encoder.pth"
-            encoder = ckpt.export_encoder(unwrap(self.model).encoder_state_dict(), encoder_path)
+            encoder_keys = unwrap(self.model).encoder_state_dict().keys()
+            encoder = ckpt.export_encoder({k: self.last_model_state[k] for k in encoder_keys}, encoder_path)
             self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
                                 f"encoder-only weights {encoder}")
         self.reporter.close()
