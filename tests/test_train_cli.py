@@ -112,7 +112,9 @@ def test_cli_smoke_through_each_loader(loader, tmp_path, tmp_path_factory):
     if loader == "dali" and not has_module("nvidia.dali"):
         pytest.skip("nvidia.dali is not installed")
     data = data_flags(loader, tmp_path_factory)
-    assert main([*TINY, *data, "--max_steps", "3", "--output_dir", str(tmp_path)]) == 0
+    # the torch run also goes through torch.compile (aot_eager: no inductor in CI) under bf16 autocast
+    extra = ["--compile", "--compile_backend", "aot_eager", "--precision", "bf16"] if loader == "torch" else []
+    assert main([*TINY, *data, *extra, "--max_steps", "3", "--output_dir", str(tmp_path)]) == 0
     state = final_state(tmp_path)
     assert state["global_step"] == 3 and state["args"]["loader"] == loader
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -61,8 +61,9 @@ class TrainStep:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
         self._generator = torch.Generator(device)
-        forward = self._forward_loss
-        self._forward = torch.compile(forward, backend=compile_backend) if compile else forward
+        # compile the module itself (not a function calling it): with DDP, dynamo then compiles the wrapped
+        # model and splits it at gradient-bucket boundaries instead of tracing DDP's Python forward
+        self._run_model = torch.compile(model, backend=compile_backend) if compile else model
         self._losses = torch.zeros(log_every, device=device)
         self._filled = 0
         self._skipped_total = torch.zeros((), dtype=torch.int64, device=device)
@@ -71,7 +72,7 @@ class TrainStep:
 
     def _forward_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            loss = self.model(imgs, self.mask_ratio, noise)[0]
+            loss = self._run_model(imgs, self.mask_ratio, noise)[0]
         return loss.float()
 
     def noise(self, step: int, micro_step: int, batch_size: int) -> torch.Tensor:
@@ -94,7 +95,7 @@ class TrainStep:
         for micro_step, imgs in enumerate(micro_batches):
             noise = self.noise(step, micro_step, imgs.shape[0])
             with self._sync_context(micro_step == self.accum_iter - 1):
-                loss = self._forward(imgs, noise)
+                loss = self._forward_loss(imgs, noise)
                 scaled = loss / self.accum_iter
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach()
