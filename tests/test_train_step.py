@@ -24,6 +24,7 @@ def snapshot(model, optimizer):
 
 def test_one_compilation_while_the_lr_changes():
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     graphs = []
 
     def counting_backend(gm, example_inputs):
