@@ -5,7 +5,7 @@ import torch
 
 from fastmae.models import create_model
 from fastmae.train.optim import build_optimizer, set_lr
-from fastmae.train.step import TrainStep
+from fastmae.train.step import TrainStep, build_train_step
 
 
 def make_step(model, **overrides):
@@ -91,3 +91,16 @@ def test_bf16_autocast_step_updates_fp32_weights():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert step.read_metrics().skipped_total == 0
+
+
+def test_build_train_step_for_benchmarks():
+    step = build_train_step("mae_vit_test", device="cpu", precision="bf16", compile_model=False)
+    model = step.train_step.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        step(torch.randn(4, 3, 16, 16))
+    metrics = step.train_step.read_metrics()
+    assert len(metrics.losses) == 3 and metrics.skipped_total == 0
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="precision"):
+        build_train_step("mae_vit_test", device="cpu", precision="fp8", compile_model=False)

@@ -27,10 +27,11 @@ def torchrun(*flags: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_torchrun_two_processes(sharding, tmp_path):
-    extra = ["--fsdp", "--grad_checkpointing"] if sharding == "fsdp" else []
+    extra = ["--fsdp", "--grad_checkpointing", "--accum_iter", "2"] if sharding == "fsdp" else []
     printed = torchrun(*extra, "--max_steps", "2", "--output_dir", str(tmp_path))
     assert printed.count("fastmae pretrain") == 1  # only rank 0 prints
-    assert ("FSDP2" if sharding == "fsdp" else "DDP") in printed and "effective batch    : 8 = 4" in printed
+    batch = "16 = 4 x accum 2 x 2" if sharding == "fsdp" else "8 = 4 x accum 1 x 2"
+    assert ("FSDP2" if sharding == "fsdp" else "DDP") in printed and f"effective batch    : {batch}" in printed
     if sharding == "fsdp":
         printed = torchrun(*extra, "--max_steps", "4", "--resume", "auto", "--output_dir", str(tmp_path))
         assert "resumed from" in printed

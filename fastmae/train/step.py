@@ -9,7 +9,8 @@ What happens per optimizer step (``accum_iter`` micro-steps):
   AOTAutograd compiles the matching backward. The optimizer stays outside the compiled region
   (fused AdamW is already one kernel) and its lr is a device tensor, so a changing lr never
   recompiles;
-* inner micro-steps run under DDP's ``no_sync`` so gradients are all-reduced once per step;
+* inner micro-steps run under DDP's ``no_sync`` (FSDP2: ``set_requires_gradient_sync(False)``) so
+  gradients are reduced once per step;
 * a non-finite loss skips the update on the device: the flag goes to fused AdamW as ``found_inf``
   (the GradScaler mechanism), so nothing is read back. Counters of skipped steps live on the device
   and are read with the loss every ``--log_every`` steps (:meth:`TrainStep.read_metrics`).
@@ -18,7 +19,7 @@ What happens per optimizer step (``accum_iter`` micro-steps):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +84,12 @@ class TrainStep:
         return full[self.rank * batch_size:(self.rank + 1) * batch_size]
 
     def _sync_context(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
-        if last_micro_step or not hasattr(self.model, "no_sync"):
-            return contextlib.nullcontext()
-        return self.model.no_sync()
+        """Gradient reduction only on the last micro-step: DDP's no_sync, FSDP2's requires_gradient_sync."""
+        if hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext() if last_micro_step else self.model.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):
+            self.model.set_requires_gradient_sync(last_micro_step)
+        return contextlib.nullcontext()
 
     def __call__(self, step: int, micro_batches: Sequence[torch.Tensor]) -> None:
         """Run optimizer step number ``step`` (global, 0-based) on ``accum_iter`` image batches."""
@@ -143,3 +147,35 @@ class TrainStep:
         self._longest_skip_run.copy_(state["skip_run"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def build_train_step(model_name: str, *, device: torch.device | str, precision: str = "bf16",
+                     compile_model: bool = True, norm_pix_loss: bool = True, mask_ratio: float = 0.75,
+                     lr: float = 1e-4, weight_decay: float = 0.05, attn_backend: str = "auto",
+                     compile_backend: str = "inductor", seed: int = 0) -> Callable[[torch.Tensor], None]:
+    """A fresh model + fused AdamW behind ``step(imgs (N, C, H, W))``, one optimizer step per call.
+
+    The trainer's step outside the trainer, for benchmarks: same compile, autocast, noise and
+    sync-free update; the loss stays on the device.
+    """
+    from fastmae.train.modeling import build_model
+    from fastmae.train.optim import build_optimizer
+
+    precisions = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if precision not in precisions:
+        raise ValueError(f"precision must be one of {', '.join(precisions)}, got {precision!r}")
+    device = torch.device(device)
+    model = build_model(model_name, attn_backend=attn_backend, norm_pix_loss=norm_pix_loss).to(device)
+    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
+    train_step = TrainStep(model, optimizer, num_patches=model.num_patches, mask_ratio=mask_ratio, accum_iter=1,
+                           device=device, autocast_dtype=precisions[precision], compile=compile_model,
+                           compile_backend=compile_backend, seed=seed)
+    steps_done = 0
+
+    def step(imgs: torch.Tensor) -> None:
+        nonlocal steps_done
+        train_step(steps_done, [imgs])
+        steps_done += 1
+
+    step.train_step = train_step  # for inspection: .model, .read_metrics()
+    return step
