@@ -1,0 +1,77 @@
+"""Process groups and model wrapping for ``torchrun`` (env://): DDP or FSDP2.
+
+Launched without torchrun, everything here is a no-op (one process, rank 0).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastmae.train.modeling import transformer_blocks
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> World:
+    """Join the torchrun group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1 is set."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method="env://")
+    return World(rank, local_rank, size)
+
+
+def process_device(device: torch.device, world: World) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK under torchrun on CUDA."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank if world.size > 1 else torch.cuda.current_device())
+    return device
+
+
+def wrap_model(model: nn.Module, world: World, *, fsdp: bool, param_dtype: torch.dtype | None) -> nn.Module:
+    """DDP (no unused-parameter search) or FSDP2 ``fully_shard`` per transformer block, then the root."""
+    if fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        for block in transformer_blocks(model):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    if world.size == 1:
+        return model
+    device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False,
+                                               gradient_as_bucket_view=True)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def barrier(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,259 @@
+"""``fastmae pretrain``: the MAE pretraining loop.
+
+    fastmae pretrain --model mae_vit_base_patch16 --data_path /data/imagenet --batch_size 256 \
+        --epochs 800 --warmup_epochs 40 --blr 1.5e-4 --norm_pix_loss --output_dir out
+    torchrun --nproc_per_node 8 -m fastmae pretrain ...    # DDP; add --fsdp for FSDP2
+
+The loop reads the device only every ``--log_every`` steps, at checkpoints and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastmae.models import load_official_checkpoint
+from fastmae.train import checkpoint as ckpt
+from fastmae.train.args import Settings, describe, parse_args, resolve
+from fastmae.train.batches import BatchSource, build_batches
+from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
+from fastmae.train.modeling import build_model, default_img_size, unwrap
+from fastmae.train.optim import build_optimizer, set_lr
+from fastmae.train.progress import Meter, Reporter, peak_memory_gb
+from fastmae.train.schedule import lr_for_step
+from fastmae.train.step import NonFiniteLossError, TrainStep
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns (to the demo and the tests)."""
+
+    losses: list[float] = field(default_factory=list)  # mean loss of every optimizer step of this run
+    global_step: int = 0
+    checkpoint: Path | None = None
+    model: nn.Module | None = None
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch in progress and the optimizer steps done (in it and in total)."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, world: World) -> None:
+        self.args, self.world = args, world
+        self.settings: Settings = resolve(args, world.size)
+        self.device = process_device(self.settings.device, world)
+        self.input_size = args.input_size or default_img_size(args.model)
+        torch.manual_seed(args.seed)  # identical initial weights on every rank
+        model = build_model(args.model, attn_backend=args.attn, norm_pix_loss=args.norm_pix_loss,
+                             img_size=self.input_size)
+        if args.init_from:
+            loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
+            self.init_note = f"{args.init_from} ({'encoder only' if loaded.encoder_only else 'full'})"
+        else:
+            self.init_note = "random (official init)"
+        model.to(self.device)
+        model.set_grad_checkpointing(args.grad_checkpointing)
+        param_dtype = self.settings.autocast_dtype if args.fsdp else None
+        self.model = wrap_model(model, world, fsdp=args.fsdp, param_dtype=param_dtype)
+        self.optimizer = build_optimizer(self.model if args.fsdp else model, self.settings.lr, args.weight_decay)
+        self.batches: BatchSource = build_batches(args, self.settings.loader, self.device, world.rank, world.size,
+                                                  self.input_size)
+        self.steps_per_epoch = len(self.batches) // args.accum_iter
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"an epoch has {len(self.batches)} batches per process, fewer than --accum_iter "
+                             f"{args.accum_iter}: use a smaller --batch_size or more data")
+        self.total_steps = args.epochs * self.steps_per_epoch
+        if args.max_steps is not None:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.train_step = TrainStep(
+            self.model, self.optimizer, num_patches=unwrap(model).num_patches, mask_ratio=args.mask_ratio,
+            accum_iter=args.accum_iter, device=self.device, autocast_dtype=self.settings.autocast_dtype,
+            compile=self.settings.compile, compile_backend=args.compile_backend, seed=args.seed,
+            rank=world.rank, world_size=world.size, log_every=args.log_every)
+        self.position = Position(args.start_epoch, 0, args.start_epoch * self.steps_per_epoch)
+        self.epoch_losses: list[float] = []  # losses of the epoch in progress (for log.txt)
+        self.display_losses: list[float] = []  # losses not yet shown on the console
+        self.skipped_total = 0
+        self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
+                                 total_steps=self.total_steps, bar=False if args.no_progress else None)
+        self.result = TrainResult(model=unwrap(self.model))
+        self.last_model_state: dict[str, torch.Tensor] = {}
+        self.last_lr = 0.0
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        self._read_metrics()  # flush the device-side counters into the state we save
+        model_state, optim_state = ckpt.gather_training_state(self.model, self.optimizer, self.args.fsdp)
+        path = ckpt.checkpoint_path(self.args.output_dir, self.position.global_step)
+        self.last_model_state = model_state  # full tensors, also under FSDP
+        if self.world.is_main:
+            args = self.args
+            ckpt.atomic_save({
+                "format": ckpt.FORMAT,
+                "model": model_state,
+                "optimizer": optim_state,
+                "train_step": self.train_step.state_dict(),
+                "epoch": self.position.epoch,
+                "step_in_epoch": self.position.step_in_epoch,
+                "global_step": self.position.global_step,
+                "data_position": {"seed": args.seed, "epoch": self.position.epoch,
+                                  "micro_step": self.position.step_in_epoch * args.accum_iter},
+                "epoch_losses": list(self.epoch_losses),
+                "args": ckpt.plain_args(args),
+                "rng": ckpt.rng_state(),
+            }, path)
+            ckpt.prune_checkpoints(self.args.output_dir, self.args.keep_last)
+        barrier(self.world)
+        self.result.checkpoint = path
+        return path
+
+    def resume(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if state.get("format") != ckpt.FORMAT:
+            raise ValueError(f"--resume {path}: not a fastmae checkpoint (use --init_from for official weights)")
+        saved_model = state["args"].get("model")
+        if saved_model != self.args.model:
+            raise ValueError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
+        ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"], self.args.fsdp)
+        self.train_step.load_state_dict(state["train_step"])
+        self.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+        self.epoch_losses = list(state["epoch_losses"])
+        ckpt.set_rng_state(state["rng"])
+        self.reporter.print(f"resumed from {path} at epoch {self.position.epoch}, step {self.position.step_in_epoch} "
+                            f"of {self.steps_per_epoch} (global step {self.position.global_step})")
+
+    # ---------------------------------------------------------------- the loop
+    def _read_metrics(self) -> None:
+        metrics = self.train_step.read_metrics()
+        self.result.losses.extend(metrics.losses)
+        self.epoch_losses.extend(metrics.losses)
+        self.display_losses.extend(metrics.losses)
+        self.skipped_total = metrics.skipped_total
+        if metrics.longest_skip_run >= self.args.max_skipped:
+            raise NonFiniteLossError(
+                f"{metrics.longest_skip_run} optimizer steps in a row had a non-finite loss (limit --max_skipped "
+                f"{self.args.max_skipped}); stopped at step {self.position.global_step}. Each was skipped without "
+                f"changing the weights. Try --precision bf16, a lower --blr or more --warmup_epochs, and check the "
+                f"data for corrupt images; the last checkpoint holds the weights before the trouble.")
+
+    def _log(self, meter: Meter) -> None:
+        """Show the mean loss of the steps since the last log line (non-finite ones left out)."""
+        self._read_metrics()
+        img_per_s, data_share = meter.interval()
+        finite = [v for v in self.display_losses if math.isfinite(v)]
+        self.display_losses = []
+        self.reporter.step(self.position.global_step, {
+            "loss": sum(finite) / len(finite) if finite else float("nan"),
+            "lr": self.last_lr,
+            "img_per_s": img_per_s,
+            "data_share": data_share,
+            "peak_mem_gb": peak_memory_gb(self.device),
+            "skipped": float(self.skipped_total),
+        })
+
+    def run(self) -> TrainResult:
+        args, pos = self.args, self.position
+        resume_path = ckpt.resolve_resume(args.resume, args.output_dir)
+        if resume_path is not None:
+            self.resume(resume_path)
+            pos = self.position
+        self.reporter.print("fastmae pretrain\n" + describe(args, self.settings, {
+            "input size": self.input_size,
+            "attention": args.attn,
+            "grad checkpointing": args.grad_checkpointing,
+            "sharding": "FSDP2" if args.fsdp else ("DDP" if self.world.size > 1 else "none"),
+            "init": self.init_note,
+            "steps": f"{self.total_steps} optimizer steps, {self.steps_per_epoch} per epoch",
+        }))
+        meter = Meter()
+        save_every = args.save_every
+        while pos.epoch < args.epochs and pos.global_step < self.total_steps:
+            self.batches.set_epoch(pos.epoch, start_step=pos.step_in_epoch * args.accum_iter)
+            batches = iter(self.batches)
+            while pos.step_in_epoch < self.steps_per_epoch and pos.global_step < self.total_steps:
+                micro_batches = []
+                for _ in range(args.accum_iter):
+                    waited = time.perf_counter()
+                    images, _ = next(batches)
+                    meter.wait_data(time.perf_counter() - waited)
+                    micro_batches.append(images)
+                self.last_lr = lr_for_step(pos.global_step, self.steps_per_epoch, self.settings.lr, args.min_lr,
+                                           args.warmup_epochs, args.epochs)
+                set_lr(self.optimizer, self.last_lr)
+                self.train_step(pos.global_step, micro_batches)
+                pos.global_step += 1
+                pos.step_in_epoch += 1
+                meter.images += self.settings.effective_batch
+                if pos.global_step % args.log_every == 0:
+                    self._log(meter)
+                epoch_done = pos.step_in_epoch == self.steps_per_epoch
+                if epoch_done:
+                    self._end_epoch()  # a checkpoint at an epoch end then points at the next epoch's start
+                if (save_every and pos.global_step % save_every == 0) or (not save_every and epoch_done):
+                    self.save()
+                if epoch_done:
+                    break
+        self._read_metrics()
+        if self.display_losses:
+            self._log(meter)
+        if self.result.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
+            self.save()
+        if self.world.is_main:
+            encoder_path = Path(args.output_dir) / "encoder.pth"
+            encoder_keys = unwrap(self.model).encoder_state_dict().keys()
+            encoder = ckpt.export_encoder({k: self.last_model_state[k] for k in encoder_keys}, encoder_path)
+            self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
+                                f"encoder-only weights {encoder}")
+        self.reporter.close()
+        self.result.global_step = pos.global_step
+        return self.result
+
+    def _end_epoch(self) -> None:
+        pos = self.position
+        self._read_metrics()
+        finite = [v for v in self.epoch_losses if math.isfinite(v)]
+        self.reporter.epoch({"train_lr": self.last_lr, "train_loss": sum(finite) / max(len(finite), 1),
+                             "epoch": pos.epoch, "steps": len(self.epoch_losses), "skipped": self.skipped_total})
+        self.epoch_losses = []
+        pos.epoch += 1
+        pos.step_in_epoch = 0
+
+
+def train(args: argparse.Namespace) -> TrainResult:
+    world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
+                             (args.device is None and torch.cuda.is_available()) else "cpu")
+    try:
+        return Trainer(args, world).run()
+    finally:
+        shutdown(world)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        train(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fastmae pretrain: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"fastmae pretrain: stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``fastmae visualize``: masked | reconstruction | original triplets, one row per image.
+
+    fastmae visualize --checkpoint out/checkpoint-00001000.pth --images val/ --out recon.png
+
+The reconstruction shows the model's prediction in the removed patches and the input in the kept
+ones, as in the MAE paper's figures. Models trained with norm_pix_loss predict each patch's
+normalised pixels; those are de-normalised with that patch's own mean and variance (taken from
+the original image), which is the only way such predictions can be viewed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastmae.data import IMAGENET_MEAN, IMAGENET_STD
+from fastmae.models import load_official_checkpoint
+from fastmae.reference import NORM_PIX_EPS, patchify, unpatchify
+from fastmae.train import checkpoint as ckpt
+from fastmae.train.modeling import build_model, default_img_size
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+MIN_TILE = 128  # small inputs are enlarged (nearest) to at least this many pixels per tile
+
+
+def image_files(inputs: Sequence[str]) -> list[Path]:
+    """Files given directly, plus the images found (recursively, sorted) under given folders."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--images {item}: no such file or folder")
+    if not files:
+        raise ValueError(f"--images {list(inputs)}: no images found")
+    return files
+
+
+def load_images(files: Sequence[Path], size: int) -> torch.Tensor:
+    """(N, 3, size, size) normalised: shorter side resized to ``size`` (bicubic), then a centre crop."""
+    from PIL import Image
+
+    batch = []
+    for file in files:
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+            scale = size / min(image.size)
+            width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+            image = image.resize((width, height), Image.BICUBIC)
+            left, top = (width - size) // 2, (height - size) // 2
+            pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+        batch.append(torch.from_numpy(pixels).permute(2, 0, 1))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (torch.stack(batch) - mean) / std
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """imgs (N, 3, H, W) normalised -> (masked, reconstruction, original), each (N, 3, H, W) in [0, 1]."""
+    model.eval()
+    imgs = imgs.to(next(model.parameters()).device)
+    p, grid = model.patch_size, model.grid_size
+    noise = torch.rand(imgs.shape[0], model.num_patches, generator=torch.Generator().manual_seed(seed))
+    _, pred, mask = model(imgs, mask_ratio, noise.to(imgs.device), return_pred=True)
+    pred, mask = pred.float(), mask.float()
+    if model.norm_pix_loss:
+        target = patchify(imgs, p)
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
+    removed = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * 3), p, grid, 3)  # 1 = removed
+    recon = unpatchify(pred, p, grid, 3) * removed + imgs * (1 - removed)
+    mean = torch.tensor(IMAGENET_MEAN, device=imgs.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=imgs.device).view(1, 3, 1, 1)
+
+    def to_unit(x: torch.Tensor) -> torch.Tensor:
+        return (x * std + mean).clamp(0, 1).cpu()
+
+    grey = torch.full_like(imgs, 0.5)
+    masked = to_unit(imgs) * (1 - removed.cpu()) + grey.cpu() * removed.cpu()
+    return masked, to_unit(recon), to_unit(imgs)
+
+
+def triplet_grid(masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, gap: int = 4) -> np.ndarray:
+    """(N, 3, H, W) x 3 in [0, 1] -> (rows, cols, 3) uint8: one row per image, three tiles per row."""
+    n, _, h, w = original.shape
+    zoom = max(1, -(-MIN_TILE // min(h, w)))
+    th, tw = h * zoom, w * zoom
+    canvas = np.full((n * th + (n + 1) * gap, 3 * tw + 4 * gap, 3), 255, dtype=np.uint8)
+    for row in range(n):
+        for col, tiles in enumerate((masked, recon, original)):
+            tile = (tiles[row].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            tile = tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
+            top, left = gap + row * (th + gap), gap + col * (tw + gap)
+            canvas[top:top + th, left:left + tw] = tile
+    return canvas
+
+
+def write_reconstructions(model: nn.Module, imgs: torch.Tensor, out: str | Path, mask_ratio: float = 0.75,
+                          seed: int = 0) -> Path:
+    from PIL import Image
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(triplet_grid(*reconstruct(model, imgs, mask_ratio, seed))).save(out, format="PNG")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastmae visualize", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="fastmae checkpoint or official full checkpoint ('model' key)")
+    p.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
+    p.add_argument("--out", default="recon.png", help="PNG to write")
+    p.add_argument("--model", default=None, help="model name (default: the one stored in the checkpoint)")
+    p.add_argument("--input_size", type=int, default=None, help="default: the checkpoint's or the model's")
+    p.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the model predicts normalised patches (default: from the checkpoint)")
+    p.add_argument("--mask_ratio", type=float, default=0.75)
+    p.add_argument("--max_images", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the masking noise")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        checkpoint = ckpt.load_checkpoint(args.checkpoint)
+        saved = checkpoint.get("args") or {}
+        saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved  # official files: a Namespace
+        name = args.model or saved.get("model")
+        if not name:
+            raise ValueError(f"{args.checkpoint} does not name its model: pass --model")
+        norm_pix = args.norm_pix_loss if args.norm_pix_loss is not None else bool(saved.get("norm_pix_loss", False))
+        size = args.input_size or saved.get("input_size") or default_img_size(name)
+        model = build_model(name, norm_pix_loss=norm_pix, img_size=size)
+        if load_official_checkpoint(model, ckpt.model_state(checkpoint)).encoder_only:
+            raise ValueError(f"{args.checkpoint} has no decoder weights (encoder-only file?): a reconstruction "
+                             "needs a full checkpoint")
+        imgs = load_images(image_files(args.images)[: args.max_images], size)
+        out = write_reconstructions(model, imgs, args.out, args.mask_ratio, args.seed)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fastmae visualize: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({imgs.shape[0]} images: masked | reconstruction | original)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
