@@ -40,6 +40,7 @@ def library_path() -> Path | None:
     return None
 
 
+@torch.compiler.assume_constant_result  # compiled code must not trace the file-system lookups of the load
 def available() -> bool:
     """True when the compiled extension is built, loads, and its ops are registered. Never raises."""
     global _loaded, _load_error
