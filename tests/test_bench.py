@@ -109,3 +109,25 @@ def test_report_renders_ops_rows_with_their_columns() -> None:
     assert "## ops on cpu (x, 2 threads) (2026-01-01T00:00:00+00:00)" in md
     assert "| op | size | pass | provider | dtype | median_ms | gbps | peak_mem_bytes | status |" in md
     assert "| masked_mse_loss | tiny | fwd | fastmae | float32 | 0.5 | 1.25 | - | ok |" in md
+
+
+def test_train_step_and_profile_scripts_smoke(tmp_path, monkeypatch) -> None:
+    """benchmarks/bench_train_step.py and profile_step.py at tiny sizes on CPU (no speed assertions)."""
+    from pathlib import Path
+
+    from fastmae.bench.record import read_jsonl
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks import bench_train_step, profile_step
+
+    out = tmp_path / "train_step.jsonl"
+    assert bench_train_step.main(["--models", "mae_vit_test", "--batch", "2", "--warmup", "0", "--iters", "1",
+                                  "--repeats", "1", "--device", "cpu", "--out", str(out)]) == 0
+    rows = read_jsonl(out)
+    assert sorted(r["provider"] for r in rows) == ["fastmae", "reference-modern", "reference-published"]
+    assert all(r["bench"] == "train_step" and r["model"] == "mae_vit_test" and r["img_per_s"] > 0 for r in rows)
+    assert profile_step.main(["--model", "mae_vit_test", "--batch", "2", "--steps", "1", "--device", "cpu",
+                              "--out", str(tmp_path / "prof")]) == 0
+    table = (tmp_path / "prof" / "profile_fastmae_mae_vit_test.txt").read_text()
+    assert "aten::" in table or "fastmae::" in table
+    assert (tmp_path / "prof" / "profile_fastmae_mae_vit_test.trace.json").stat().st_size > 0
