@@ -29,7 +29,7 @@ traffic the benchmark counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -238,19 +238,23 @@ def _patchify_gather_backward_op(
     return grad_imgs
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     imgs, ids_keep, patch_size = inputs
     ctx.save_for_backward(ids_keep)
     ctx.patch_size = list(patch_size)
     ctx.imgs_shape = list(imgs.shape)
 
 
-def _backward(ctx: Any, grad_patches: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-    if not ctx.needs_input_grad[0]:
-        return None, None, None
-    (ids_keep,) = ctx.saved_tensors
-    grad = torch.ops.fastmae.patchify_gather_backward(grad_patches, ids_keep, ctx.patch_size, ctx.imgs_shape)
-    return grad, None, None
+def backward_through(backward_op: Any) -> Callable[..., tuple[torch.Tensor | None, None, None]]:
+    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
+
+    def backward(ctx: Any, grad_patches: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (ids_keep,) = ctx.saved_tensors
+        return backward_op(grad_patches, ids_keep, ctx.patch_size, ctx.imgs_shape), None, None
+
+    return backward
 
 
 def _setup_backward_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -265,7 +269,9 @@ def _double_backward(ctx: Any, grad_grad_imgs: torch.Tensor) -> tuple[torch.Tens
     return torch.ops.fastmae.patchify_gather(grad_grad_imgs, ids_keep, ctx.patch_size), None, None, None
 
 
-_patchify_gather_op.register_autograd(_backward, setup_context=_setup_context)
+_patchify_gather_op.register_autograd(
+    backward_through(torch.ops.fastmae.patchify_gather_backward), setup_context=setup_context
+)
 _patchify_gather_backward_op.register_autograd(_double_backward, setup_context=_setup_backward_context)
 
 

@@ -32,7 +32,7 @@ larger than the partials and the (B, L-K) removed ids is allocated besides the g
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -500,27 +500,34 @@ def _masked_mse_loss_backward_op(
     return grad_pred, grad_source
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps = inputs
     ctx.save_for_backward(pred, imgs, ids_restore, mask, target, sample_weight)
     ctx.patch_size, ctx.norm_pix, ctx.eps = list(patch_size), norm_pix, eps
     ctx.source_index = 1 if imgs is not None else 4
 
 
-def _backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    pred, imgs, ids_restore, mask, target, sample_weight = ctx.saved_tensors
-    source_grad = bool(ctx.needs_input_grad[ctx.source_index])
-    grad_pred, grad_source = torch.ops.fastmae.masked_mse_loss_backward(
-        grad_loss, pred, imgs, ids_restore, mask, target, sample_weight, ctx.patch_size, ctx.norm_pix, ctx.eps,
-        source_grad,
-    )
-    grads: list[torch.Tensor | None] = [grad_pred, None, None, None, None, None, None, None, None]
-    if source_grad:
-        grads[ctx.source_index] = grad_source
-    return tuple(grads)
+def backward_through(backward_op: Any) -> Callable[..., tuple[torch.Tensor | None, ...]]:
+    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
+
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        pred, imgs, ids_restore, mask, target, sample_weight = ctx.saved_tensors
+        source_grad = bool(ctx.needs_input_grad[ctx.source_index])
+        grad_pred, grad_source = backward_op(
+            grad_loss, pred, imgs, ids_restore, mask, target, sample_weight, ctx.patch_size, ctx.norm_pix, ctx.eps,
+            source_grad,
+        )
+        grads: list[torch.Tensor | None] = [grad_pred, None, None, None, None, None, None, None, None]
+        if source_grad:
+            grads[ctx.source_index] = grad_source
+        return tuple(grads)
+
+    return backward
 
 
-_masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_masked_mse_loss_op.register_autograd(
+    backward_through(torch.ops.fastmae.masked_mse_loss_backward), setup_context=setup_context
+)
 
 
 # --------------------------------------------------------------------------------------

@@ -257,28 +257,35 @@ def _unshuffle_backward_op(
     return (grad_x if grad_x is not None else empty()), grad_mask, grad_pos
 
 
-def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     x_vis, mask_token, ids_restore, pos_embed = inputs
     ctx.save_for_backward(ids_restore)
     ctx.num_visible = x_vis.shape[1] - 1
     ctx.dtypes = (x_vis.dtype, mask_token.dtype, pos_embed.dtype if pos_embed is not None else None)
 
 
-def _backward(ctx, grad_out):  # type: ignore[no-untyped-def]
-    (ids_restore,) = ctx.saved_tensors
-    need_x, need_mask, _, need_pos = ctx.needs_input_grad
-    grad_x, grad_mask, grad_pos = torch.ops.fastmae.unshuffle_with_mask_token_backward(
-        grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
-    )
-    return (
-        grad_x if need_x else None,
-        grad_mask if need_mask else None,
-        None,
-        grad_pos if need_pos else None,
-    )
+def backward_through(backward_op):  # type: ignore[no-untyped-def]
+    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
+
+    def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
+        (ids_restore,) = ctx.saved_tensors
+        need_x, need_mask, _, need_pos = ctx.needs_input_grad
+        grad_x, grad_mask, grad_pos = backward_op(
+            grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
+        )
+        return (
+            grad_x if need_x else None,
+            grad_mask if need_mask else None,
+            None,
+            grad_pos if need_pos else None,
+        )
+
+    return backward
 
 
-_unshuffle_op.register_autograd(_backward, setup_context=_setup_context)
+_unshuffle_op.register_autograd(
+    backward_through(torch.ops.fastmae.unshuffle_with_mask_token_backward), setup_context=setup_context
+)
 
 
 # --------------------------------------------------------------------------------------
