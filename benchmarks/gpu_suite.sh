@@ -6,7 +6,8 @@
 # Stages: tests, sanitize, ops, loader, step-b, step-l, step-h, e2e, profile, all (all = every stage in turn,
 # for a machine with no time limit). Each stage installs fastmae from this tree (no native build
 # unless FASTMAE_BUILD_NATIVE=1), installs the wheels carried in .whl/ (xformers, DALI's pure-Python
-# needs) and a DALI wheel assembled from the parts carried in .dali*/ when present, runs, and packs
+# needs) and DALI once its parts (.dali1, .dali2, ...; scripts/prepare_gpu_wheels.sh makes them) have all
+# arrived, one per call, runs, and packs
 # everything it wrote into one archive OUTPUT_DIR/fastmae-STAGE.tar.gz.
 set -uo pipefail
 stage=${1:?usage: gpu_suite.sh STAGE [OUTPUT_DIR]}
@@ -24,15 +25,22 @@ install() {
         $python -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    # DALI travels in parts (.dali1, .dali2, ...); each call appends its part, the last one installs
-    if compgen -G ".dali*/*" >/dev/null; then
-        mkdir -p /tmp/dali-parts
-        cat .dali*/* >> /tmp/dali-parts/dali.tar
-        if tar -tf /tmp/dali-parts/dali.tar >/dev/null 2>&1; then
-            tar -xf /tmp/dali-parts/dali.tar -C /tmp/dali-parts
-            $python -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dali-parts/*.whl
-            export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # DALI travels in parts (.dali1, .dali2, ... from scripts/prepare_gpu_wheels.sh), one per call: each is
+    # appended once (a repeated call does not append twice); the call that completes the tar installs it
+    local part
+    mkdir -p /tmp/dali-parts
+    for part in .dali[0-9]*; do
+        [ -f "$part/part" ] || continue
+        if ! grep -qx "$part" /tmp/dali-parts/appended 2>/dev/null; then
+            cat "$part/part" >> /tmp/dali-parts/dali.tar && echo "$part" >> /tmp/dali-parts/appended
         fi
+    done
+    if [ -f /tmp/dali-parts/dali.tar ] && tar -tf /tmp/dali-parts/dali.tar >/dev/null 2>&1; then
+        tar -xf /tmp/dali-parts/dali.tar -C /tmp/dali-parts
+        $python -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dali-parts/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    elif [ -f /tmp/dali-parts/dali.tar ]; then
+        echo "DALI parts so far: $(tr '\n' ' ' < /tmp/dali-parts/appended)(incomplete: carry the next part)"
     fi
     FASTMAE_BUILD_NATIVE=${FASTMAE_BUILD_NATIVE:-0} \
         $python -m pip install -q --no-deps --no-build-isolation -e . || return 1
