@@ -49,7 +49,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def coordinates(tmp_path_factory):
     """A file list naming one coordinate PNG 480 times: each output tells its crop window and flip."""
-    from test_data_helpers import coordinate_png
+    from data_testing import coordinate_png
 
     folder = tmp_path_factory.mktemp("coords")
     (folder / "coords.png").write_bytes(coordinate_png())
@@ -272,7 +272,7 @@ def test_dali_is_deterministic_for_a_seed(photos):
 # ---------------------------------------------------------------- awkward and bad files
 @pytest.fixture(scope="module")
 def bad_folder(tmp_path_factory):
-    from test_data_helpers import write_bad_files
+    from data_testing import write_bad_files
 
     root = tmp_path_factory.mktemp("bad")
     return root, write_bad_files(root)

@@ -17,7 +17,7 @@ pytest.importorskip("PIL")
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory):
     """An ImageFolder of 12 good photos plus one file of each awkward or bad kind."""
-    from test_data_helpers import write_bad_files
+    from data_testing import write_bad_files
 
     root = tmp_path_factory.mktemp("dirty")
     make_dataset(root, 12, seed=1, num_classes=2, image_size=(60, 90))
