@@ -38,7 +38,7 @@ from fastmae.bench.report import COLUMNS
 from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline, pick_device
 from fastmae.ops.masking import random_masking
 
-OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss")
+OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss", "mask_token_blend")
 PASSES = ("fwd", "fwd+bwd")
 INDEX_BYTES = 8  # int64 ids
 PARAM_BYTES = 4  # float32 parameters
@@ -92,6 +92,7 @@ class Case:
     fastmae: Implementation
     bytes_fwd: int
     bytes_bwd: int
+    has_native: bool = True  # the native extension implements this op
 
 
 def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
@@ -187,10 +188,35 @@ def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) 
     )
 
 
+def build_mask_token_blend(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
+    """SimMIM's input: all L tokens of width d, the removed ones replaced by the mask token. Reference:
+    x * (1 - m) + token * m in plain torch; fastmae: mask_token_blend with a bool mask. Bytes: blend.bytes_moved."""
+    from fastmae.ops.blend import bytes_moved, mask_token_blend
+
+    b, length, d = size.batch, size.num_patches, size.decoder_dim
+    x = torch.randn(b, length, d, device=device, dtype=dtype, requires_grad=True)
+    token = torch.randn(1, 1, d, device=device, dtype=dtype, requires_grad=True)
+    mask = _masking(size, device).mask.to(dtype)
+
+    def reference_fn(x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        weight = mask.unsqueeze(-1)
+        return x * (1 - weight) + token * weight
+
+    return Case(
+        "mask_token_blend",
+        Implementation(reference_fn, (x, mask, token), (x, token)),
+        Implementation(mask_token_blend, (x, mask.bool(), token), (x, token)),
+        bytes_fwd=bytes_moved((b, length, d), dtype, backward=False),
+        bytes_bwd=bytes_moved((b, length, d), dtype, backward=True),
+        has_native=False,
+    )
+
+
 BUILDERS: dict[str, Callable[[Size, torch.device, torch.dtype], Case]] = {
     "patchify_gather": build_patchify_gather,
     "unshuffle_with_mask_token": build_unshuffle_with_mask_token,
     "masked_mse_loss": build_masked_mse_loss,
+    "mask_token_blend": build_mask_token_blend,
 }
 
 
@@ -221,7 +247,7 @@ def providers(case: Case, compile_reference: bool) -> list[Provider]:
     result.append(("fastmae", case.fastmae, None))
     from fastmae import _native
 
-    if _native.available():
+    if case.has_native and _native.available():
         result.append(("native", case.fastmae, "native"))
     return result
 
