@@ -1,10 +1,11 @@
 """Benchmark fastmae's fused ops against the reference: eager, torch.compile(reference) and fastmae.
 
-    python benchmarks/bench_ops.py [--tiny] [--ops patchify_gather unshuffle_with_mask_token masked_mse_loss]
-                                   [--out results.jsonl] [--compile] [--reps N] [--dtype bfloat16]
+    python benchmarks/bench_ops.py [--tiny] [--ops patchify_gather unshuffle_with_mask_token masked_mse_loss
+                                   mask_token_blend] [--out results.jsonl] [--compile] [--reps N] [--dtype bfloat16]
 
 Sizes: ViT-B/16, ViT-L/16 (same op shapes as B/16: L=196, K=49) and ViT-H/14 (L=256, K=64) at batch 256,
-224 px, 3 channels, decoder width 512, mask ratio 0.75 on GPU; ``--tiny`` (the default without CUDA) runs
+224 px, 3 channels, decoder width 512, mask ratio 0.75 on GPU; mask_token_blend (SimMIM) instead runs
+ViT-B/16 at 192 px (L=144, embed width D=768, batch 256). ``--tiny`` (the default without CUDA) runs
 one small size on CPU. On CPU, torch.compile(reference) runs only with ``--compile`` (it is slow to
 compile). Activations (imgs for patchify_gather, x_vis, pred) use ``--dtype`` (bfloat16 on GPU, float32
 on CPU by default); parameters (mask_token, decoder_pos_embed) and the loss's images stay float32, as
@@ -54,6 +55,7 @@ class Size:
     patch: int
     channels: int = 3
     decoder_dim: int = 512
+    embed_dim: int = 768  # encoder width: the tokens mask_token_blend replaces
     mask_ratio: float = 0.75
 
     @property
@@ -70,7 +72,13 @@ class Size:
 
 
 GPU_SIZES = (Size("vit_b16", 256, 224, 16), Size("vit_l16", 256, 224, 16), Size("vit_h14", 256, 224, 14))
-TINY_SIZES = (Size("tiny", 2, 32, 8, decoder_dim=32),)
+GPU_SIZES_BY_OP = {"mask_token_blend": (Size("simmim_vit_b16_192", 256, 192, 16),)}  # SimMIM's shape
+TINY_SIZES = (Size("tiny", 2, 32, 8, decoder_dim=32, embed_dim=32),)
+
+
+def sizes_for(op: str, tiny: bool) -> tuple[Size, ...]:
+    """The sizes ``op`` runs at: TINY_SIZES, else its own GPU sizes (GPU_SIZES unless GPU_SIZES_BY_OP has it)."""
+    return TINY_SIZES if tiny else GPU_SIZES_BY_OP.get(op, GPU_SIZES)
 
 
 @dataclass
@@ -189,25 +197,28 @@ def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) 
 
 
 def build_mask_token_blend(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """SimMIM's input: all L tokens of width d, the removed ones replaced by the mask token. Reference:
-    x * (1 - m) + token * m in plain torch; fastmae: mask_token_blend with a bool mask. Bytes: blend.bytes_moved."""
+    """SimMIM masking of every token (B, L, D = embed_dim). Reference: ``x * (1 - m) + token * m`` in plain torch;
+    both providers take the same 0/1 mask in ``dtype`` (random masking at size.mask_ratio) and a token in
+    ``dtype``, so the output stays in ``dtype``. Bytes: fastmae.ops.blend.bytes_moved (it counts a 1-byte mask:
+    the wider mask read here adds B*L*(itemsize-1) bytes, about 0.03% at D=768 in bfloat16)."""
     from fastmae.ops.blend import bytes_moved, mask_token_blend
 
-    b, length, d = size.batch, size.num_patches, size.decoder_dim
-    x = torch.randn(b, length, d, device=device, dtype=dtype, requires_grad=True)
-    token = torch.randn(1, 1, d, device=device, dtype=dtype, requires_grad=True)
+    shape = (size.batch, size.num_patches, size.embed_dim)
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    mask_token = (0.02 * torch.randn(1, 1, size.embed_dim, device=device)).to(dtype).requires_grad_()
     mask = _masking(size, device).mask.to(dtype)
 
-    def reference_fn(x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def reference_fn(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
         weight = mask.unsqueeze(-1)
-        return x * (1 - weight) + token * weight
+        return x * (1 - weight) + mask_token * weight
 
+    args = (x, mask, mask_token)
     return Case(
         "mask_token_blend",
-        Implementation(reference_fn, (x, mask, token), (x, token)),
-        Implementation(mask_token_blend, (x, mask.bool(), token), (x, token)),
-        bytes_fwd=bytes_moved((b, length, d), dtype, backward=False),
-        bytes_bwd=bytes_moved((b, length, d), dtype, backward=True),
+        Implementation(reference_fn, args, (x, mask_token)),
+        Implementation(mask_token_blend, args, (x, mask_token)),
+        bytes_fwd=bytes_moved(shape, dtype, backward=False),
+        bytes_bwd=bytes_moved(shape, dtype, backward=True),
         has_native=False,
     )
 
@@ -277,7 +288,8 @@ def run_case(
                 "bench": "ops", "op": case.op, "size": size.name, "provider": provider, "pass": pass_name,
                 "dtype": str(dtype).replace("torch.", ""),
                 "batch": size.batch, "num_patches": size.num_patches, "num_keep": size.num_keep,
-                "patch_size": size.patch, "decoder_dim": size.decoder_dim, "bytes": moved,
+                "patch_size": size.patch, "decoder_dim": size.decoder_dim, "embed_dim": size.embed_dim,
+                "bytes": moved,
                 "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok",
             }  # fmt: skip
             with _backend(backend):
@@ -311,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     compile_reference = device.type == "cuda" or args.compile
     env = environment(device, argv)
     rows = []
-    for size in TINY_SIZES if tiny else GPU_SIZES:
-        for op in args.ops:
+    for op in args.ops:
+        for size in sizes_for(op, tiny):
             torch.manual_seed(0)
             case = BUILDERS[op](size, device, dtype)
             for row in run_case(

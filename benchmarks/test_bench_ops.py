@@ -1,6 +1,6 @@
 """pytest-benchmark entry for bench_ops (run explicitly: ``pytest benchmarks/test_bench_ops.py``).
 
-One test per op x provider x pass, at the tiny size on CPU and the ViT-B/16 size (batch 256) on CUDA.
+One test per op x provider x pass, at the tiny size on CPU and each op's first GPU size (batch 256) on CUDA.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_ops import BUILDERS, GPU_SIZES, OP_NAMES, PASSES, TINY_SIZES, pass_fn, providers
+from benchmarks.bench_ops import BUILDERS, OP_NAMES, PASSES, pass_fn, providers, sizes_for
 
 
 @pytest.mark.parametrize("pass_name", PASSES)
@@ -21,7 +21,7 @@ from benchmarks.bench_ops import BUILDERS, GPU_SIZES, OP_NAMES, PASSES, TINY_SIZ
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_bench_op(benchmark, op: str, provider: str, pass_name: str) -> None:  # type: ignore[no-untyped-def]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = GPU_SIZES[0] if device.type == "cuda" else TINY_SIZES[0]
+    size = sizes_for(op, tiny=device.type != "cuda")[0]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     case = BUILDERS[op](size, device, dtype)
     impls = {name: impl for name, impl, _ in providers(case, compile_reference=True)}

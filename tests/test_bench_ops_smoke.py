@@ -42,10 +42,11 @@ def test_bench_ops_main_writes_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert row["bench"] == "ops" and row["device_type"] == "cpu" and row["peak_mem_bytes"] is None
         assert row["command"].endswith("--out " + str(out))
         assert row["bytes"] > 0
-        # all three ops are merged: every provider runs
+        # every op is merged: every provider runs
         assert row["status"] == "ok", row
         assert row["median_ms"] > 0 and row["gbps"] == pytest.approx(row["bytes"] / row["median_ms"] / 1e6)
 
     table = capsys.readouterr().out
     assert "| op | size | pass | provider | dtype | median_ms | gbps | peak_mem_bytes | status |" in table
-    assert table.count("| unshuffle_with_mask_token |") == sum(op == "unshuffle_with_mask_token" for op, _, _ in keys)
+    for op in ("unshuffle_with_mask_token", "mask_token_blend"):
+        assert table.count(f"| {op} |") == sum(row_op == op for row_op, _, _ in keys)

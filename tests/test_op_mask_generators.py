@@ -1,4 +1,8 @@
-"""Masking generators: the MaskingResult contract, each generator's pattern, determinism and bad input."""
+"""Masking generators: the MaskingResult contract, each generator's pattern, determinism and bad input.
+
+Results are placed on ``device``; block masking draws on the host with a CPU generator either way. Host-only
+cases (sample_block_mask, meta placement) run in the CPU suite only; the bad-input checks run on CPU inputs.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ def check_contract(result: MaskingResult, batch: int, num_patches: int, num_keep
     assert result.ids_keep.shape == (batch, num_keep)
     assert result.ids_shuffle.dtype == result.ids_keep.dtype == result.ids_restore.dtype == torch.int64
     assert result.mask.dtype == torch.float32
-    positions = torch.arange(num_patches).expand(batch, -1)
+    device = result.mask.device
+    positions = torch.arange(num_patches, device=device).expand(batch, -1)
     assert torch.equal(result.ids_shuffle.sort(dim=1).values, positions), "ids_shuffle is not a permutation"
     assert torch.equal(result.ids_keep, result.ids_shuffle[:, :num_keep])
     assert torch.equal(torch.gather(result.ids_shuffle, 1, result.ids_restore), positions)
-    assert torch.equal(result.mask.sum(dim=1), torch.full((batch,), float(num_patches - num_keep)))
+    assert torch.equal(result.mask.sum(dim=1), torch.full((batch,), float(num_patches - num_keep), device=device))
     assert (torch.gather(result.mask, 1, result.ids_keep) == 0).all(), "a kept patch is marked removed"
     assert torch.equal(result.mask, (result.ids_restore >= num_keep).float())
 
@@ -33,6 +38,13 @@ def rectangle_union(blocks: list[tuple[int, int, int, int]], grid: tuple[int, in
     return covered
 
 
+@pytest.fixture
+def host_only(device: torch.device) -> None:
+    """Skip outside the CPU suite: the test exercises host-side code only, which the CPU run covers."""
+    if device.type != "cpu":
+        pytest.skip("host-side only (CPU generator or meta tensors): the CPU suite covers it")
+
+
 # ----------------------------------------------------------------------------- block masking
 
 
@@ -41,19 +53,21 @@ def rectangle_union(blocks: list[tuple[int, int, int, int]], grid: tuple[int, in
     [(1, (14, 14), 0.4), (3, (7, 5), 0.6), (2, (4, 4), 0.9375), (2, (6, 6), 0.01), (4, (3, 9), 0.75)],
     ids=str,
 )
-def test_block_masking_contract_and_rectangles(batch: int, grid: tuple[int, int], ratio: float) -> None:
+def test_block_masking_contract_and_rectangles(
+    batch: int, grid: tuple[int, int], ratio: float, device: torch.device
+) -> None:
     """K = int(L(1-r)) like random masking (K = 1 and K = L-1 included); the removed patches are the union
     of the drawn rectangles minus surplus patches unmasked after the last rectangle."""
     num_patches = grid[0] * grid[1]
     keep = random_masking(1, num_patches, ratio).num_keep
     seed = int(torch.randint(1 << 30, ()))
-    result = block_masking(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
+    result = block_masking(batch, grid, ratio, generator=torch.Generator().manual_seed(seed), device=device)
     check_contract(result, batch, num_patches, keep)
     # the same generator stream, one sample at a time: the per-sample draws block_masking made
     replay = torch.Generator().manual_seed(seed)
     for b in range(batch):
         drawn = sample_block_mask(grid, num_patches - keep, generator=replay)
-        assert torch.equal(result.mask[b], drawn.mask.flatten().float())
+        assert torch.equal(result.mask[b].cpu(), drawn.mask.flatten().float())
         union = rectangle_union(drawn.blocks, grid)
         assert not (drawn.mask & ~union).any(), "a removed patch lies outside every rectangle"
         assert union.sum() >= num_patches - keep
@@ -61,16 +75,17 @@ def test_block_masking_contract_and_rectangles(batch: int, grid: tuple[int, int]
         assert rectangle_union(drawn.blocks[:-1], grid).sum() < num_patches - keep
 
 
-def test_block_masking_blocks_are_contiguous_regions() -> None:
+def test_block_masking_blocks_are_contiguous_regions(device: torch.device) -> None:
     """With a high min_block the mask is a few big rectangles, not scattered patches (and is not random masking)."""
     grid = (16, 16)
-    result = block_masking(8, grid, 0.5, min_block=16, generator=torch.Generator().manual_seed(3))
+    result = block_masking(8, grid, 0.5, min_block=16, generator=torch.Generator().manual_seed(3), device=device)
     masks = result.mask.view(8, *grid)
     # fraction of removed patches whose right neighbour is removed too: about 0.5 for random masking
     same_right = (masks[:, :, :-1] * masks[:, :, 1:]).sum() / masks[:, :, :-1].sum()
     assert same_right > 0.75, f"block masks look scattered: {same_right:.2f}"
 
 
+@pytest.mark.usefixtures("host_only")
 def test_sample_block_mask_options() -> None:
     generator = torch.Generator().manual_seed(0)
     # a block larger than needed is trimmed back to exactly num_masked
@@ -85,17 +100,17 @@ def test_sample_block_mask_options() -> None:
     assert all(w >= 2 * h for _, _, h, w in drawn.blocks)
 
 
-def test_block_masking_is_deterministic_for_a_generator() -> None:
-    first = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(11))
-    second = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(11))
-    other = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(12))
+def test_block_masking_is_deterministic_for_a_generator(device: torch.device) -> None:
+    first = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(11), device=device)
+    second = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(11), device=device)
+    other = block_masking(4, (9, 7), 0.7, generator=torch.Generator().manual_seed(12), device=device)
     for a, b in zip(first[:4], second[:4]):
         assert torch.equal(a, b)
     assert not torch.equal(first.mask, other.mask)
 
 
-def test_block_masking_kept_order_is_random() -> None:
-    result = block_masking(4, (10, 10), 0.5, generator=torch.Generator().manual_seed(5))
+def test_block_masking_kept_order_is_random(device: torch.device) -> None:
+    result = block_masking(4, (10, 10), 0.5, generator=torch.Generator().manual_seed(5), device=device)
     assert not torch.equal(result.ids_keep, result.ids_keep.sort(dim=1).values)
 
 
@@ -124,15 +139,15 @@ def test_block_masking_bad_input(kwargs: dict, error: type, message: str) -> Non
 # ----------------------------------------------------------------------------- grid masking
 
 
-@pytest.mark.parametrize(
-    ("grid", "stride"), [((4, 6), 2), ((7, 5), 2), ((6, 6), (3, 2)), ((2, 3), (1, 2))], ids=str
-)
-def test_grid_masking_fixed_pattern(grid: tuple[int, int], stride) -> None:
+@pytest.mark.parametrize(("grid", "stride"), [((4, 6), 2), ((7, 5), 2), ((6, 6), (3, 2)), ((2, 3), (1, 2))], ids=str)
+def test_grid_masking_fixed_pattern(grid: tuple[int, int], stride, device: torch.device) -> None:  # type: ignore[no-untyped-def]
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    result = grid_masking(3, grid, stride=stride)
+    result = grid_masking(3, grid, stride=stride, device=device)
     keep = -(-grid[0] // sh) * -(-grid[1] // sw)
     check_contract(result, 3, grid[0] * grid[1], keep)
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], device=device), torch.arange(grid[1], device=device), indexing="ij"
+    )
     expected_removed = ~((rows % sh == 0) & (cols % sw == 0))
     assert torch.equal(result.mask.view(3, *grid), expected_removed.float().expand(3, -1, -1))
     # kept patches in row-major order: a regular sub-grid
@@ -141,9 +156,10 @@ def test_grid_masking_fixed_pattern(grid: tuple[int, int], stride) -> None:
     assert torch.equal(removed, removed.sort(dim=1).values)
 
 
-def test_grid_masking_random_offset() -> None:
+def test_grid_masking_random_offset(device: torch.device) -> None:
     grid, batch = (6, 8), 64
-    result = grid_masking(batch, grid, stride=2, random_offset=True, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator(device=device).manual_seed(1)  # the offsets are drawn on device
+    result = grid_masking(batch, grid, stride=2, random_offset=True, generator=generator, device=device)
     check_contract(result, batch, 48, 12)
     kept = (result.mask.view(batch, *grid) == 0).nonzero()
     offsets = set()
@@ -153,7 +169,8 @@ def test_grid_masking_random_offset() -> None:
         assert ((rows % 2 == offset[0]) & (cols % 2 == offset[1])).all(), "kept patches are not one shifted lattice"
         offsets.add(offset)
     assert offsets == {(0, 0), (0, 1), (1, 0), (1, 1)}  # 64 samples: every offset occurs
-    again = grid_masking(batch, grid, stride=2, random_offset=True, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator(device=device).manual_seed(1)
+    again = grid_masking(batch, grid, stride=2, random_offset=True, generator=generator, device=device)
     assert torch.equal(again.mask, result.mask)
 
 
@@ -178,40 +195,43 @@ def test_grid_masking_bad_input(kwargs: dict, error: type, message: str) -> None
 
 
 @pytest.mark.parametrize(("batch", "grid", "ratio"), [(1, (2, 3, 3), 0.5), (3, (4, 7, 5), 0.9), (2, (1, 2, 2), 0.25)])
-def test_tube_masking_same_mask_every_slice(batch: int, grid: tuple[int, int, int], ratio: float) -> None:
+def test_tube_masking_same_mask_every_slice(
+    batch: int, grid: tuple[int, int, int], ratio: float, device: torch.device
+) -> None:
     frames, gh, gw = grid
     spatial_keep = int(gh * gw * (1 - ratio))
-    result = tube_masking(batch, grid, ratio, generator=torch.Generator().manual_seed(2))
+    result = tube_masking(batch, grid, ratio, generator=torch.Generator(device=device).manual_seed(2), device=device)
     check_contract(result, batch, frames * gh * gw, frames * spatial_keep)
     slices = result.mask.view(batch, frames, gh * gw)
     assert torch.equal(slices, slices[:, :1].expand(-1, frames, -1)), "the spatial mask changes over time"
     # kept tubelets: slice by slice, each slice's spatial ids the same and in the same order
     kept = result.ids_keep.view(batch, frames, spatial_keep)
     spatial = kept % (gh * gw)
-    assert torch.equal(kept // (gh * gw), torch.arange(frames).view(1, frames, 1).expand_as(kept))
+    assert torch.equal(kept // (gh * gw), torch.arange(frames, device=device).view(1, frames, 1).expand_as(kept))
     assert torch.equal(spatial, spatial[:, :1].expand_as(spatial))
 
 
-def test_tube_masking_uses_random_masking_on_the_plane() -> None:
-    noise = torch.rand(2, 12)
+def test_tube_masking_uses_random_masking_on_the_plane(device: torch.device) -> None:
+    noise = torch.rand(2, 12, device=device)
     tube = tube_masking(2, (3, 3, 4), 0.75, noise=noise)
     plane = random_masking(2, 12, 0.75, noise=noise)
     assert torch.equal(tube.mask, plane.mask.repeat(1, 3))
     assert torch.equal(tube.ids_keep[:, : plane.num_keep], plane.ids_keep)
 
 
-def test_random_masking_over_space_time() -> None:
+def test_random_masking_over_space_time(device: torch.device) -> None:
     """Space-time random masking is random_masking over L = T' * gh * gw tubelets; slices then differ."""
     frames, gh, gw = 4, 4, 4
-    result = random_masking(3, frames * gh * gw, 0.9, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator(device=device).manual_seed(0)
+    result = random_masking(3, frames * gh * gw, 0.9, generator=generator, device=device)
     check_contract(result, 3, 64, 6)
     slices = result.mask.view(3, frames, gh * gw)
     assert not torch.equal(slices, slices[:, :1].expand(-1, frames, -1))
 
 
-def test_tube_masking_is_deterministic() -> None:
-    first = tube_masking(3, (2, 4, 4), 0.75, generator=torch.Generator().manual_seed(9))
-    second = tube_masking(3, (2, 4, 4), 0.75, generator=torch.Generator().manual_seed(9))
+def test_tube_masking_is_deterministic(device: torch.device) -> None:
+    first = tube_masking(3, (2, 4, 4), 0.75, generator=torch.Generator(device=device).manual_seed(9), device=device)
+    second = tube_masking(3, (2, 4, 4), 0.75, generator=torch.Generator(device=device).manual_seed(9), device=device)
     assert torch.equal(first.ids_shuffle, second.ids_shuffle)
 
 
@@ -231,6 +251,7 @@ def test_tube_masking_bad_input(kwargs: dict, error: type, message: str) -> None
         tube_masking(args.pop("batch"), args.pop("grid_size"), args.pop("mask_ratio"), **args)
 
 
+@pytest.mark.usefixtures("host_only")
 def test_generators_place_results_on_device() -> None:
     for result in (
         block_masking(2, (4, 4), 0.5, device="meta"),
@@ -239,16 +260,16 @@ def test_generators_place_results_on_device() -> None:
         assert all(t.device.type == "meta" for t in result[:4])
 
 
-def test_vectorised_generators_compile_fullgraph() -> None:
+def test_vectorised_generators_compile_fullgraph(device: torch.device) -> None:
     """tube_masking (with its noise given) and grid_masking trace with no graph break and match eager."""
 
     def draw(noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
         tube = tube_masking(2, (2, 3, 4), 0.75, noise=noise)
-        grid = grid_masking(2, (4, 6), stride=(2, 3))
+        grid = grid_masking(2, (4, 6), stride=(2, 3), device=device)
         return (*tube[:4], *grid[:4])
 
     torch._dynamo.reset()
     compiled = torch.compile(draw, fullgraph=True, backend="aot_eager")
-    noise = torch.rand(2, 12)
+    noise = torch.rand(2, 12, device=device)
     for got, expected in zip(compiled(noise), draw(noise)):
         assert torch.equal(got, expected)
