@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from fastmae.bench.flops import full_model_config
 from fastmae.bench.providers import PROVIDERS, build_step
 from fastmae.bench.timing import pick_device
+from fastmae.reference import full_model_config
 
 
 def main(argv: list[str] | None = None) -> int:

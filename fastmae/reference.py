@@ -13,6 +13,8 @@ width.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -362,13 +364,27 @@ def create_reference_model(name: str, **overrides: object) -> MaskedAutoencoderV
     return MaskedAutoencoderViT(**model_config(name, **overrides))  # type: ignore[arg-type]
 
 
-def _factory(name: str):
-    def build(**overrides: object) -> MaskedAutoencoderViT:
-        return create_reference_model(name, **overrides)
+def full_model_config(name: str, **overrides: object) -> dict[str, object]:
+    """Every constructor argument of a named model: its config over the constructor's defaults."""
+    params = inspect.signature(MaskedAutoencoderViT.__init__).parameters
+    config = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    config.update(model_config(name, **overrides))
+    return config
 
-    build.__name__ = name
-    build.__doc__ = f"Reference ``{name}`` (keyword arguments override its configuration)."
+
+def named_factory(create: Callable[..., nn.Module], name: str, description: str) -> Callable[..., nn.Module]:
+    """A factory function called ``name`` that builds ``create(name, **overrides)``."""
+
+    def build(**overrides: object) -> nn.Module:
+        return create(name, **overrides)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{description} ``{name}`` (keyword arguments override its configuration)."
     return build
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    return named_factory(create_reference_model, name, "Reference")
 
 
 mae_vit_base_patch16_dec512d8b = _factory("mae_vit_base_patch16_dec512d8b")
@@ -384,6 +400,7 @@ __all__ = [
     "MODEL_CONFIGS",
     "MaskedAutoencoderViT",
     "create_reference_model",
+    "full_model_config",
     "mae_loss",
     "mae_vit_base_patch16",
     "mae_vit_base_patch16_dec512d8b",
@@ -393,6 +410,7 @@ __all__ = [
     "mae_vit_large_patch16_dec512d8b",
     "mae_vit_tiny_patch8_dec64d2b",
     "model_config",
+    "named_factory",
     "patchify",
     "random_masking",
     "resolve_model_name",

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from fastmae.bench.flops import full_model_config
 from fastmae.bench.providers import build_step
 from fastmae.bench.timing import synchronize
 from fastmae.data import build_loader, make_dataset
+from fastmae.reference import full_model_config
 
 DATA_BOUND_SHARE = 0.10  # more than 10% of the wall time waiting for data: the loader is the bottleneck
 

@@ -9,19 +9,10 @@ convention for MFU. ``tests/test_bench.py`` checks the count against torch's FLO
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from fastmae import reference
 from fastmae._validation import num_kept, pair
-
-
-def full_model_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """Every constructor argument of a named model: its config over the constructor defaults."""
-    params = inspect.signature(reference.MaskedAutoencoderViT.__init__).parameters
-    config = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    config.update(reference.model_config(name, **overrides))
-    return config
+from fastmae.reference import full_model_config
 
 
 def _transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> int:

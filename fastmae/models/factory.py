@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from fastmae.models.mae import MaskedAutoencoderViT
-from fastmae.reference import MODEL_ALIASES, MODEL_CONFIGS, model_config
+from fastmae.reference import MODEL_ALIASES, MODEL_CONFIGS, model_config, named_factory
 
 
 def list_models() -> list[str]:
@@ -25,12 +25,7 @@ def create_model(name: str, **overrides: object) -> MaskedAutoencoderViT:
 
 
 def _factory(name: str) -> Callable[..., MaskedAutoencoderViT]:
-    def build(**overrides: object) -> MaskedAutoencoderViT:
-        return create_model(name, **overrides)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Fast ``{name}`` MAE (keyword arguments override its configuration)."
-    return build
+    return named_factory(create_model, name, "Fast")  # type: ignore[return-value]
 
 
 mae_vit_base_patch16_dec512d8b = _factory("mae_vit_base_patch16_dec512d8b")

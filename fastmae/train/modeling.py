@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastmae.models import MaskedAutoencoderViT, create_model
-from fastmae.reference import MODEL_CONFIGS, resolve_model_name
+from fastmae.reference import full_model_config
 
 
 def build_model(name: str, *, attn_backend: str = "auto", norm_pix_loss: bool = False,
@@ -19,7 +19,8 @@ def build_model(name: str, *, attn_backend: str = "auto", norm_pix_loss: bool = 
 
 def default_img_size(name: str) -> int:
     """The input size a named model is built for (224 for the official ones)."""
-    return int(MODEL_CONFIGS[resolve_model_name(name)].get("img_size", 224))
+    size = full_model_config(name)["img_size"]
+    return size if isinstance(size, int) else int(size[0])
 
 
 def unwrap(model: nn.Module) -> nn.Module:
