@@ -1,13 +1,12 @@
 """Lazy loader of the optional native extension (kernels/, built by CMakeLists.txt through setup.py).
 
-The extension is a plain shared library, ``fastmae/_fastmae_native.so``, that registers the
-``torch.ops.fastmae_native`` ops (CPU kernels always, CUDA kernels when it was built with nvcc).
-It has no Python module of its own: :func:`available` loads it with ``torch.ops.load_library`` on
-first use and then registers, from Python, what torch needs on top of the compiled kernels: the
-autograd formulas (``torch.library.register_autograd``) and the fake/meta implementations
-(``torch.library.register_fake``) that let ``torch.compile`` trace the ops.
+The extension is a plain shared library, ``fastmae/_fastmae_native.so``, that registers CPU kernels
+(and CUDA kernels when it was built with nvcc) for the ``fastmae_kernels::`` ops. Those ops, their
+schemas and their fake implementations are declared by the op modules (``fastmae.ops._backend.
+define_native_kernel``), and the ``fastmae::`` op bodies call them; this module only finds and loads
+the library, and says why it could not.
 
-Nothing here runs at ``import fastmae`` time; ``fastmae.ops`` asks :func:`available` per call.
+Nothing here runs at ``import fastmae`` time; the op bodies ask :func:`available` per call.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 LIBRARY_STEM = "_fastmae_native"
-NAMESPACE = "fastmae_native"
+NAMESPACE = "fastmae_kernels"  # where the library registers its kernels
 BUILD_HINT = (
     "build it with cmake and a C++ compiler present: `pip install --no-build-isolation -e .` "
     "(FASTMAE_BUILD_NATIVE=1 turns a failed native build into an error), or "
@@ -41,7 +40,7 @@ def library_path() -> Path | None:
 
 @torch.compiler.assume_constant_result  # compiled code must not trace the file-system lookups of the load
 def available() -> bool:
-    """True when the compiled extension is built, loads, and its ops are registered. Never raises."""
+    """True when the compiled extension is built and loads. Never raises."""
     global _loaded, _load_error
     if _loaded is None:
         try:
@@ -79,30 +78,3 @@ def _load() -> None:
     if path is None:
         raise FileNotFoundError(f"{LIBRARY_STEM} was not built into {Path(__file__).resolve().parent}")
     torch.ops.load_library(str(path))
-    _register_python_parts()
-
-
-# --------------------------------------------------------------------------------------
-# Fake (meta) implementations and autograd, registered once after the library loads
-# --------------------------------------------------------------------------------------
-# op name -> fastmae.ops module that registers the fastmae:: twin with the same schemas
-_OP_MODULES = {"patchify_gather": "gather", "unshuffle_with_mask_token": "unshuffle", "masked_mse_loss": "loss"}
-
-
-def _register_python_parts() -> None:
-    """Reuse the fastmae:: ops' definitions: same schemas, so the same shapes and the same autograd.
-
-    The fake implementation of a native op is its fastmae:: twin run on fake tensors (the triton_op
-    body traces to shapes without launching anything); the autograd formula is the op module's,
-    pointed at the native backward op.
-    """
-    import importlib
-
-    for name, module_name in _OP_MODULES.items():
-        module = importlib.import_module(f"fastmae.ops.{module_name}")
-        for op in (name, f"{name}_backward"):
-            torch.library.register_fake(f"{NAMESPACE}::{op}")(getattr(torch.ops.fastmae, op))
-        backward_op = getattr(getattr(torch.ops, NAMESPACE), f"{name}_backward")
-        torch.library.register_autograd(
-            f"{NAMESPACE}::{name}", module.backward_through(backward_op), setup_context=module.setup_context
-        )

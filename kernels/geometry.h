@@ -1,16 +1,18 @@
-// Host-side shape logic shared by the CPU and CUDA implementations of fastmae_native ops.
+// Host-side shape logic shared by the CPU and CUDA kernels of the fastmae_kernels ops.
 // Device-independent and free of kernels: every check here reads shapes and dtypes only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -103,21 +105,92 @@ inline void check_ids_in_range_cpu(const at::Tensor& ids, int64_t limit, const c
 
 namespace fastmae_native {
 
-// Each row of ids (B, L) must be a permutation of [0, L): checked on the CPU (O(B*L), no device sync).
-inline void check_permutation_rows_cpu(const at::Tensor& ids, const char* name) {
-  const int64_t batch = ids.size(0), length = ids.size(1);
+// Each row of ids (B, n) must hold distinct values in [0, limit), a permutation when n == limit:
+// checked on the CPU (O(B*max(n, limit)), no device sync).
+inline void check_distinct_rows_cpu(const at::Tensor& ids, int64_t limit, const char* name) {
+  const int64_t batch = ids.size(0), count = ids.size(1);
   const int64_t* data = ids.const_data_ptr<int64_t>();
-  std::vector<char> seen(length);
+  std::vector<char> seen(limit);
   for (int64_t b = 0; b < batch; ++b) {
     std::fill(seen.begin(), seen.end(), 0);
-    for (int64_t l = 0; l < length; ++l) {
-      const int64_t v = data[b * length + l];
-      TORCH_CHECK_VALUE(v >= 0 && v < length, name, " holds ", v, " in row ", b, ", outside [0, ", length, ")");
-      TORCH_CHECK_VALUE(!seen[v], name, " row ", b, " is not a permutation of [0, ", length, "): ", v,
-                        " appears twice");
+    for (int64_t n = 0; n < count; ++n) {
+      const int64_t v = data[b * count + n];
+      TORCH_CHECK_VALUE(v >= 0 && v < limit, name, " holds ", v, " in row ", b, ", outside [0, ", limit, ")");
+      TORCH_CHECK_VALUE(!seen[v], name, " row ", b,
+                        count == limit ? " is not a permutation of [0, " : " does not hold distinct patches of [0, ",
+                        limit, "): ", v, " appears twice");
       seen[v] = 1;
     }
   }
+}
+
+// Shapes of a masked_mse_loss call: a full pred (B,L,D) with mask (B,L), or a removed-only pred (B,L-K,D)
+// with ids_removed (B,L-K) (row r is patch ids_removed[b,r]); target from imgs or an explicit target (B,L,D).
+// The same checks on the CPU and on CUDA; every check reads shapes, dtypes and devices only.
+struct LossShape {
+  int64_t batch = 0, length = 0, rows = 0, dim = 0;
+  bool removed_only = false, pixels = false;
+  PatchGeometry geo{};
+};
+
+inline LossShape check_loss_shapes(const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
+                                   const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
+                                   const std::optional<at::Tensor>& target,
+                                   const std::optional<at::Tensor>& sample_weight, at::IntArrayRef patch_size,
+                                   bool norm_pix) {
+  LossShape s;
+  TORCH_CHECK_VALUE(pred.dim() == 3, "pred must have shape (B, L, D) or (B, L-K, D), got ", pred.sizes());
+  check_float_dtype(pred, "pred");
+  TORCH_CHECK_VALUE(imgs.has_value() != target.has_value(), "pass exactly one of imgs and target");
+  s.batch = pred.size(0);
+  s.rows = pred.size(1);
+  s.dim = pred.size(2);
+  s.pixels = imgs.has_value();
+  const at::Tensor& source = s.pixels ? *imgs : *target;
+  check_float_dtype(source, s.pixels ? "imgs" : "target");
+  TORCH_CHECK_VALUE(source.device() == pred.device(), "imgs/target must be on ", pred.device());
+  if (s.pixels) {
+    s.geo = patch_geometry(source.sizes(), patch_size, "imgs");
+    s.length = s.geo.num_patches();
+    TORCH_CHECK_VALUE(s.dim == s.geo.patch_dim(), "pred last dim must be prod(patch_size) * C = ", s.geo.patch_dim(),
+                      ", got ", s.dim);
+  } else {
+    TORCH_CHECK_VALUE(source.dim() == 3 && source.size(0) == s.batch && source.size(2) == s.dim,
+                      "target must have shape (B, L, D) = (", s.batch, ", L, ", s.dim, "), got ", source.sizes());
+    s.length = source.size(1);
+  }
+  TORCH_CHECK_VALUE(source.size(0) == s.batch, "imgs/target batch ", source.size(0), " != pred batch ", s.batch);
+  TORCH_CHECK_VALUE(!norm_pix || s.dim >= 2, "norm_pix needs D >= 2, got ", s.dim);
+  TORCH_CHECK_VALUE(s.rows >= 1 && s.rows <= s.length, "pred must have L = ", s.length,
+                    " rows (full) or 1..L-1 rows (removed-only), got ", s.rows);
+  s.removed_only = s.rows < s.length;
+  if (s.removed_only) {
+    TORCH_CHECK_VALUE(ids_removed.has_value() && !mask.has_value(),
+                      "a removed-only pred takes ids_removed (and no mask)");
+    TORCH_CHECK_TYPE(ids_removed->scalar_type() == at::kLong || ids_removed->scalar_type() == at::kInt,
+                     "ids_removed must be int64 or int32, got ", ids_removed->scalar_type());
+    TORCH_CHECK_VALUE(ids_removed->dim() == 2 && ids_removed->size(0) == s.batch && ids_removed->size(1) == s.rows,
+                      "ids_removed must have shape (B, L-K) = (", s.batch, ", ", s.rows, "), got ",
+                      ids_removed->sizes());
+    TORCH_CHECK_VALUE(ids_removed->device() == pred.device(), "ids_removed must be on ", pred.device());
+  } else {
+    TORCH_CHECK_VALUE(mask.has_value() && !ids_removed.has_value(), "a full pred takes mask (and no ids_removed)");
+    TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == s.batch && mask->size(1) == s.length,
+                      "mask must have shape (", s.batch, ", ", s.length, "), got ", mask->sizes());
+  }
+  if (sample_weight.has_value()) {
+    TORCH_CHECK_VALUE(sample_weight->dim() == 1 && sample_weight->size(0) == s.batch,
+                      "sample_weight must have shape (", s.batch, ",), got ", sample_weight->sizes());
+  }
+  return s;
+}
+
+// grad_source of the loss backward: (0,) unless asked for; zeros for a removed-only pred (the kept patches
+// are never visited); else every element is written (poisoned in debug mode).
+inline at::Tensor loss_source_grad(const LossShape& s, const at::Tensor& source, bool source_grad) {
+  if (!source_grad) return at::empty({0}, source.options());
+  if (s.removed_only) return at::zeros(source.sizes(), source.options());
+  return new_output(source.sizes(), source.options());
 }
 
 }  // namespace fastmae_native

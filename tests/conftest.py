@@ -43,6 +43,20 @@ def triton_skip_reason(device: torch.device) -> str | None:
     return None
 
 
+def native_skip_reason(device: torch.device) -> str | None:
+    """Why the "native" backend cannot run on ``device`` here, or None; on CI the CPU library must be built."""
+    from fastmae import _native
+
+    if not _native.available():
+        message = f"native extension did not load: {_native.load_error() or 'not built'}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (on CI it must be built)")
+        return message
+    if device.type == "cuda" and not _native.has_cuda_kernels():
+        return "the native extension was built without its CUDA kernels"
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request: pytest.FixtureRequest) -> None:
     """Fresh random inputs per test, reproducible from the test's name (seeds CUDA too, without a query)."""
@@ -71,10 +85,13 @@ def cuda_device(device: torch.device) -> torch.device:
 @pytest.fixture
 def use_backend(monkeypatch: pytest.MonkeyPatch, device: torch.device) -> Callable[..., str]:
     """``use_backend(name, debug=False)`` sets FASTMAE_BACKEND (and FASTMAE_DEBUG=1 when ``debug``: poisoned
-    outputs, id checks) for this test, skipping it when ``name`` is "triton" and the kernels cannot run here."""
+    outputs, id checks) for this test, skipping it when ``name`` is "triton" and the kernels cannot run here,
+    or "native" and the native library is not built (on CI, env CI set, a missing library fails instead)."""
 
     def use(name: str, *, debug: bool = False) -> str:
         reason = triton_skip_reason(device) if name == "triton" else None
+        if name == "native":
+            reason = native_skip_reason(device)
         if reason is not None:
             pytest.skip(reason)
         monkeypatch.setenv("FASTMAE_BACKEND", name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# the kernels an op with a native twin runs on (tests/conftest.py use_backend skips what is absent here)
+BACKENDS = ("triton", "native", "torch")
 
 
 def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, name: str = "output") -> None:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from op_testing import assert_dtype_rule
+from op_testing import BACKENDS, assert_dtype_rule
 
 from fastmae import reference
 from fastmae.ops.loss import masked_mse_loss
@@ -15,7 +15,7 @@ from fastmae.ops.loss import masked_mse_loss
 EPS = 1e-6  # the spec's norm_pix epsilon, also the op's default
 
 
-@pytest.fixture(params=["triton", "torch"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, use_backend) -> str:  # type: ignore[no-untyped-def]
     """The kernel path (interpreted on CPU, compiled on CUDA) or the plain PyTorch path; outputs poisoned
     with NaN either way."""
@@ -68,6 +68,7 @@ IMAGE_CASES = [
     (2, 1, (3, 3), 4, 4, "num_keep", False, torch.float16, 1.0),
     (3, 3, (3, 3), 2, 3, "bool_mask", False, torch.bfloat16, 1.0),
     (2, 3, (1, 2), 16, 1, "mask", False, torch.float32, 1.0),
+    (2, 3, (3, 3), 4, 2, "ids_removed", True, torch.bfloat16, 1.0),
 ]
 
 
@@ -90,10 +91,13 @@ def test_images_match_reference(backend: str, case: tuple, device: torch.device)
         (loss * scale).backward()
         losses[name], grads[name] = loss.detach(), leaf.grad
 
-    if form == "removed":
-        removed = ids_shuffle[:, keep:]
+    if form in ("removed", "ids_removed"):
+        removed = ids_shuffle[:, keep:]  # a strided view, as the model passes it
         pred = _rows(pred_full, removed).requires_grad_()
-        loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=norm_pix)
+        if form == "removed":
+            loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=norm_pix)
+        else:
+            loss = masked_mse_loss(pred, imgs, None, p, norm_pix=norm_pix, ids_removed=removed)
         grads = {k: _rows(v, removed) for k, v in grads.items()}
     else:
         pred = pred_full.clone().requires_grad_()
@@ -251,6 +255,26 @@ def test_mixed_dtypes_int32_ids_and_expanded_grad(backend: str, device: torch.de
     torch.testing.assert_close(pred.grad.double(), want, rtol=1e-2, atol=_grad_atol(want, torch.bfloat16))
 
 
+def test_removed_ids_is_the_shuffle_tail(device: torch.device) -> None:
+    from fastmae.ops import removed_ids
+
+    ids_shuffle, ids_restore, _ = _masking(3, 10, 4, device)
+    assert torch.equal(removed_ids(ids_restore, 4), ids_shuffle[:, 4:])
+    assert torch.equal(removed_ids(ids_restore.to(torch.int32), 0), ids_shuffle)
+    with pytest.raises(ValueError, match="num_keep must be an int in"):
+        removed_ids(ids_restore, 10)
+
+
+@pytest.mark.parametrize("bad", ["out_of_range", "repeated"])
+def test_debug_mode_rejects_bad_removed_ids(backend: str, bad: str, device: torch.device) -> None:
+    ids_shuffle, _, _ = _masking(2, 6, 2, device)
+    ids_removed = ids_shuffle[:, 2:].clone()
+    ids_removed[1, 0] = 6 if bad == "out_of_range" else ids_removed[1, 1]
+    pred = torch.randn(2, 4, 48, device=device)
+    with pytest.raises(ValueError, match="ids_removed"):
+        masked_mse_loss(pred, torch.randn(2, 3, 8, 12, device=device), None, 4, ids_removed=ids_removed)
+
+
 @pytest.mark.parametrize("bad", ["out_of_range", "repeated"])
 def test_debug_mode_rejects_bad_ids(backend: str, bad: str, device: torch.device) -> None:
     _, ids_restore, _ = _masking(2, 6, 2, device)
@@ -264,12 +288,12 @@ def test_debug_mode_rejects_bad_ids(backend: str, bad: str, device: torch.device
 def _opcheck_samples(device: torch.device) -> list[tuple]:
     batch, p, gh, gw, keep = 2, 2, 2, 3, 2
     length, dim = gh * gw, p * p * 3
-    _, ids_restore, mask = _masking(batch, length, keep, device)
+    ids_shuffle, _, mask = _masking(batch, length, keep, device)
     imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
     with torch.device(device):
         return [
-            (torch.randn(batch, length - keep, dim, requires_grad=True), imgs, ids_restore, None, None, None, [p, p],
-             True, EPS),
+            (torch.randn(batch, length - keep, dim, requires_grad=True), imgs, ids_shuffle[:, keep:], None, None,
+             None, [p, p], True, EPS),
             (torch.randn(batch, length, dim, requires_grad=True), imgs, None, mask, None, torch.rand(batch), [p, p],
              False, EPS),
             (torch.randn(batch, length, 5, requires_grad=True), None, None, mask.bool(), torch.randn(batch, length, 5,
@@ -327,6 +351,11 @@ def _bad_calls() -> list[tuple[str, dict, type, str]]:
         ("ids_dtype", {"ids_restore": torch.zeros(2, 6)}, TypeError, "ids_restore must be int64"),
         ("ids_shape", {"ids_restore": torch.zeros(2, 5, dtype=torch.long)}, ValueError, "ids_restore must have"),
         ("ids_missing", {"ids_restore": None}, ValueError, "needs ids_restore"),
+        ("ids_both", {"ids_removed": torch.zeros(2, 4, dtype=torch.long)}, ValueError, "exactly one of them"),
+        ("ids_removed_shape", {"ids_restore": None, "ids_removed": torch.zeros(2, 6, dtype=torch.long)}, ValueError,
+         r"ids_removed must have shape \(B, L-K\)"),
+        ("ids_removed_dtype", {"ids_restore": None, "ids_removed": torch.zeros(2, 4)}, TypeError,
+         "ids_removed must be int64"),
         ("mask_with_removed", {"mask": torch.ones(2, 6)}, ValueError, "mask applies only"),
         ("both_sources", {"target": torch.randn(2, 6, 48)}, ValueError, "exactly one of imgs"),
         ("weight_shape", {"sample_weight": torch.ones(3)}, ValueError, "sample_weight must have shape"),
@@ -427,3 +456,16 @@ def test_int64_offsets_past_2_31(form: str, use_backend, cuda_device: torch.devi
     assert (batch - 1) * chans * side * side > 2**31, "the last image must start past 2^31"
     assert (batch - 1) * rows * p * p * chans > 2**31, "the last sample's pred rows must start past 2^31"
     check_last_sample_only(form, batch, chans, side, p, cuda_device)
+
+
+def test_native_kernel_checks_removed_ids(use_backend) -> None:  # type: ignore[no-untyped-def]
+    """The native kernel checks ids_removed's shape and values itself (called directly: the API checks first)."""
+    use_backend("native")
+    imgs, pred = torch.randn(2, 3, 8, 12), torch.randn(2, 4, 48)
+    loss = torch.ops.fastmae_kernels.masked_mse_loss
+    with pytest.raises(ValueError, match=r"ids_removed must have shape \(B, L-K\) = \(2, 4\)"):
+        loss(pred, imgs, torch.zeros(2, 6, dtype=torch.long), None, None, None, [4, 4], False, EPS)
+    with pytest.raises(ValueError, match="does not hold distinct patches"):
+        loss(pred, imgs, torch.zeros(2, 4, dtype=torch.long), None, None, None, [4, 4], False, EPS)
+    with pytest.raises(ValueError, match="outside"):
+        loss(pred, imgs, torch.full((2, 4), 6), None, None, None, [4, 4], False, EPS)

@@ -10,9 +10,7 @@ import torch
 from fastmae import reference
 from fastmae.ops import patchify_gather, random_masking
 from fastmae.ops.gather import bytes_moved
-from tests.op_testing import DTYPES, assert_bitwise_equal
-
-BACKENDS = ("triton", "torch")
+from tests.op_testing import BACKENDS, DTYPES, assert_bitwise_equal
 
 
 @pytest.fixture(params=BACKENDS)
@@ -267,3 +265,21 @@ def test_bytes_moved() -> None:
         2 * visible + 2 * 49 * 8 + 2 * 3 * 224 * 224 * 2
     )
     assert bytes_moved((1, 3, 4, 32, 32), 2, (2, 16, 16), torch.float32, backward=False) == 2 * 2 * 1536 * 4 + 16
+
+
+def test_native_kernels_check_their_inputs(use_backend) -> None:  # type: ignore[no-untyped-def]
+    """The native kernels check shapes and id values themselves (called directly here: the API checks first)."""
+    use_backend("native")
+    kernels = torch.ops.fastmae_kernels
+    imgs = torch.randn(2, 3, 8, 8)
+    with pytest.raises(TypeError, match="ids_keep must be int64"):
+        kernels.patchify_gather(imgs, torch.zeros(2, 1, dtype=torch.int32), [4, 4])
+    with pytest.raises(ValueError, match="outside"):
+        kernels.patchify_gather(imgs, torch.full((2, 1), 4), [4, 4])
+    with pytest.raises(ValueError, match="not divisible"):
+        kernels.patchify_gather(imgs, torch.zeros(2, 1, dtype=torch.long), [3, 3])
+    with pytest.raises(ValueError, match="patch_size must have 2 entries"):
+        kernels.patchify_gather(imgs, torch.zeros(2, 1, dtype=torch.long), [4, 4, 4])
+    with pytest.raises(ValueError, match="must not repeat a patch"):
+        repeated = torch.zeros(2, 2, dtype=torch.long)
+        kernels.patchify_gather_backward(torch.randn(2, 2, 48), repeated, [4, 4], [2, 3, 8, 8])

@@ -197,6 +197,7 @@ class MaskedAutoencoderViT(nn.Module):
             pred = None
             pred_removed = self.predict(_gather_rows(features, ids_removed + 1))
         loss = masked_mse_loss(
-            pred_removed, imgs, masking.ids_restore, [self.patch_size, self.patch_size], norm_pix=self.norm_pix_loss
+            pred_removed, imgs, None, [self.patch_size, self.patch_size], norm_pix=self.norm_pix_loss,
+            ids_removed=ids_removed,
         )
         return loss, pred, masking.mask

@@ -1,24 +1,32 @@
-"""Which implementation runs an op: Triton kernels, the native extension, or plain PyTorch.
+"""Which kernel runs an op: Triton, the native library, or plain PyTorch.
 
-``FASTMAE_BACKEND`` (read per call, so tests can switch it with monkeypatch):
+Every op is one ``torch.ops.fastmae.NAME`` op (a ``triton_op``); its body asks :func:`kernel_for` which
+kernel to run for its input tensor. ``FASTMAE_BACKEND`` (read per call, so tests can switch it with
+monkeypatch):
 
-- ``auto`` (default): CUDA tensors take the Triton kernels; CPU tensors take the native
-  extension when it is built and loads, plain PyTorch otherwise.
-- ``triton``: the Triton launchers for every tensor (CPU tensors need ``TRITON_INTERPRET=1``).
-- ``native``: the native extension (an error if it is not built).
+- ``auto`` (default): CUDA tensors take the Triton kernels; CPU tensors take the native library's
+  kernels when it is built and loads, plain PyTorch otherwise.
+- ``triton``: the Triton kernels for every tensor (CPU tensors need ``TRITON_INTERPRET=1``).
+- ``native``: the native library's kernels (an error if it is not built).
 - ``torch``: plain PyTorch everywhere.
 
-Every op is registered twice with the same schema: ``torch.ops.fastmae.NAME`` (a
-``triton_op`` whose body branches on :func:`launch_triton`) and, when the extension is built,
-``torch.ops.fastmae_native.NAME``. :func:`resolve_op` picks one per call.
+The native library implements kernels, not ops: :func:`define_native_kernel` declares
+``fastmae_kernels::NAME`` with the schema of ``fastmae::NAME`` (so each schema is written once, by the
+op's type hints) and the library registers its CPU/CUDA implementations under that name. Those kernels
+have no autograd of their own: the ``fastmae::`` op's autograd calls the ``fastmae::`` backward op,
+whose body picks its kernel the same way. An op without a native twin (``has_native=False``) runs Triton
+on CUDA and PyTorch on CPU when the native backend is asked for.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+from fastmae import _native
 
 Backend = Literal["triton", "native", "torch"]
 BACKEND_CHOICES = ("auto", "triton", "native", "torch")
@@ -32,53 +40,52 @@ def requested_backend() -> str:
     return choice
 
 
-def select_backend(device: torch.device) -> Backend:
-    """The backend an op runs on for tensors on ``device``."""
+def select_backend(device: torch.device, *, has_native: bool = True) -> Backend:
+    """The backend an op runs on for tensors on ``device`` (``has_native``: the op has a native twin)."""
     choice = requested_backend()
+    if choice == "native" and not has_native:
+        choice = "auto"
     if choice != "auto":
         if choice == "native":
-            from fastmae import _native
-
             _native.require()
         return choice  # type: ignore[return-value]
     if device.type == "cuda":
         return "triton"
-    from fastmae import _native
-
+    if not has_native:
+        return "torch"
     return "native" if _native.available() else "torch"
 
 
-def use_triton(device: torch.device) -> bool:
-    """Whether tensors on ``device`` take the Triton kernels (CUDA, or FASTMAE_BACKEND=triton)."""
-    return device.type == "cuda" or requested_backend() == "triton"
+def kernel_for(tensor: torch.Tensor, *, has_native: bool = True) -> Backend:
+    """Inside a ``fastmae::`` op body: the kernel to run for ``tensor``, :func:`select_backend` for its device.
 
-
-def launch_triton(tensor: torch.Tensor) -> bool:
-    """Inside a ``fastmae::`` op body: launch the Triton kernel (True) or run the plain PyTorch branch.
-
-    :func:`use_triton` for ``tensor``'s device, except for fake tensors while the kernels are interpreted
-    (TRITON_INTERPRET=1): ``wrap_triton`` then holds a bare interpreted kernel that cannot run on the fake
-    tensors of ``torch.compile`` or ``opcheck``, so those traces take the PyTorch branch (same shapes, dtypes
-    and strides). ``torch.compile`` inlines a ``triton_op``'s body, so a graph compiled on CPU under the
-    interpreter holds the PyTorch branch; eager calls still run the kernels. Compiled kernels (a GPU) are
-    traced into the graph as usual, so nothing changes on CUDA.
+    One exception: fake tensors while the Triton kernels are interpreted (TRITON_INTERPRET=1) take the
+    PyTorch branch. ``wrap_triton`` then holds a bare interpreted kernel that cannot run on the fake tensors
+    of ``torch.compile`` or ``opcheck``; the PyTorch branch gives the same shapes, dtypes and strides.
+    ``torch.compile`` inlines a ``triton_op``'s body, so a graph compiled on CPU under the interpreter holds
+    the PyTorch branch; eager calls still run the kernels. Compiled kernels (a GPU) are traced into the graph
+    as usual, and native kernels enter the graph as ``fastmae_kernels`` ops (their fake is the PyTorch branch).
     """
-    if not use_triton(tensor.device):
-        return False
+    backend = select_backend(tensor.device, has_native=has_native)
+    if backend != "triton":
+        return backend
     from torch._subclasses.fake_tensor import is_fake
 
     if not is_fake(tensor):
-        return True
-    import triton.knobs  # only reached from op modules, which have imported triton already
+        return backend
+    import triton.knobs  # only reached from the Triton branch's callers, which import triton anyway
 
-    return not triton.knobs.runtime.interpret
+    return "torch" if triton.knobs.runtime.interpret else backend
 
 
-def resolve_op(name: str, device: torch.device) -> torch._ops.OpOverloadPacket:
-    """``torch.ops.fastmae_native.NAME`` when the native backend is selected, else ``torch.ops.fastmae.NAME``."""
-    if select_backend(device) == "native":
-        return getattr(torch.ops.fastmae_native, name)
-    return getattr(torch.ops.fastmae, name)
+def define_native_kernel(op: torch._ops.OpOverloadPacket, fake: Callable[..., object]) -> None:
+    """Declare ``fastmae_kernels::NAME`` with the schema of ``op`` (``fastmae::NAME``); ``fake`` (the op's
+    PyTorch branch, same arguments) gives its shapes under tracing. The native library, once loaded,
+    provides the CPU (and CUDA) implementations; nothing here loads it."""
+    schema = op.default._schema
+    qualname = f"{_native.NAMESPACE}::{schema.name.split('::', 1)[1]}"
+    torch.library.define(qualname, str(schema)[len(schema.name) :])
+    torch.library.register_fake(qualname, fake)
 
 
 def debug_checks_enabled() -> bool:

@@ -43,7 +43,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import FLOAT_DTYPES, check_float, check_tensor, same_device
-from fastmae.ops._backend import launch_triton, new_output
+from fastmae.ops._backend import kernel_for, new_output
+from fastmae.ops._triton_helpers import narrow_fp32
 
 __all__ = ["blend_dtype", "bytes_moved", "mask_token_blend"]
 
@@ -52,20 +53,6 @@ _TARGET_CHUNKS = 256  # row chunks of the backward: enough programs to fill a GP
 
 
 # ----------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _rounded(values, out_ptr, OUT_BF16: tl.constexpr):
-    """float32 ``values`` in out_ptr's dtype, rounded to nearest even.
-
-    bfloat16 is rounded here with integer ops so the cast is exact: the GPU cast rounds to nearest even
-    but the interpreter's fp32 -> bf16 cast truncates, and the tests compare the interpreter's bits.
-    """
-    if OUT_BF16:
-        bits = values.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        values = tl.where(values != values, values, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
-    return values.to(out_ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -85,7 +72,6 @@ def _blend_kernel(
     token_stride_d,
     ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    OUT_BF16: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -100,7 +86,7 @@ def _blend_kernel(
     x = tl.load(x_ptr + x_offsets, mask=tile_ok).to(tl.float32)
     # the same operations in the same order as x * (1 - w) + token * w
     out = x * (1.0 - weight)[:, None] + token[None, :] * weight[:, None]
-    tl.store(out_ptr + rows[:, None] * dim + cols[None, :], _rounded(out, out_ptr, OUT_BF16), mask=tile_ok)
+    tl.store(out_ptr + rows[:, None] * dim + cols[None, :], narrow_fp32(out, out_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
@@ -120,7 +106,6 @@ def _blend_backward_kernel(
     ROWS_PER_PROGRAM: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    OUT_BF16: tl.constexpr,
 ):
     chunk = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -138,7 +123,7 @@ def _blend_backward_kernel(
         grad_offsets = (b * grad_stride_b + pos * grad_stride_l)[:, None] + cols[None, :] * grad_stride_d
         grad = tl.load(grad_ptr + grad_offsets, mask=tile_ok, other=0).to(tl.float32)
         grad_x = grad * (1.0 - weight)[:, None]
-        grad_x = _rounded(grad_x, grad_x_ptr, OUT_BF16)
+        grad_x = narrow_fp32(grad_x, grad_x_ptr.dtype.element_ty)
         tl.store(grad_x_ptr + rows[:, None] * dim + cols[None, :], grad_x, mask=tile_ok)
         token_sum += tl.sum(grad * weight[:, None], axis=0)
     tl.store(partial_ptr + chunk * dim + cols, token_sum, mask=col_ok)
@@ -153,7 +138,6 @@ def _sum_partials_kernel(
     MAX_CHUNKS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    OUT_BF16: tl.constexpr,
 ):
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     col_ok = cols < dim
@@ -164,7 +148,7 @@ def _sum_partials_kernel(
         chunks = start + tl.arange(0, BLOCK_C).to(tl.int64)
         tile_ok = (chunks < num_chunks)[:, None] & col_ok[None, :]
         total += tl.sum(tl.load(partial_ptr + chunks[:, None] * dim + cols[None, :], mask=tile_ok, other=0.0), axis=0)
-    tl.store(out_ptr + cols, _rounded(total, out_ptr, OUT_BF16), mask=col_ok)
+    tl.store(out_ptr + cols, narrow_fp32(total, out_ptr.dtype.element_ty), mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -190,7 +174,7 @@ def _launch_forward(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tenso
     wrap_triton(_blend_kernel)[grid](
         x, _as_weight(mask), mask_token, out, num_rows, seq_len, dim,
         *x.stride(), *mask.stride(), mask_token.stride(2),
-        ROWS=rows, BLOCK_D=block_d, OUT_BF16=out.dtype == torch.bfloat16, num_warps=num_warps,
+        ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -206,14 +190,14 @@ def _launch_backward(
     wrap_triton(_blend_backward_kernel)[(num_chunks, triton.cdiv(dim, block_d))](
         grad_out, _as_weight(mask), grad_x, partials, num_rows, seq_len, dim,
         *grad_out.stride(), *mask.stride(),
-        ROWS_PER_PROGRAM=rows_per_program, ROWS=rows, BLOCK_D=block_d, OUT_BF16=grad_x.dtype == torch.bfloat16,
+        ROWS_PER_PROGRAM=rows_per_program, ROWS=rows, BLOCK_D=block_d,
         num_warps=num_warps,
     )  # fmt: skip
     max_chunks = triton.next_power_of_2(num_chunks)
     block_c = min(max_chunks, max(1, _TILE_ELEMENTS // block_d))
     wrap_triton(_sum_partials_kernel)[(triton.cdiv(dim, block_d),)](
         partials, grad_token, num_chunks, dim, MAX_CHUNKS=max_chunks, BLOCK_C=block_c, BLOCK_D=block_d,
-        OUT_BF16=grad_token.dtype == torch.bfloat16, num_warps=num_warps,
+        num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -229,7 +213,7 @@ def blend_dtype(x_dtype: torch.dtype, mask_dtype: torch.dtype, token_dtype: torc
 @triton_op("fastmae::mask_token_blend", mutates_args=())
 def _mask_token_blend_op(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
     out_dtype = blend_dtype(x.dtype, mask.dtype, mask_token.dtype)
-    if launch_triton(x):
+    if kernel_for(x, has_native=False) == "triton":
         out = new_output(tuple(x.shape), out_dtype, x.device)
         _launch_forward(x, mask, mask_token, out)
         return out
@@ -244,7 +228,7 @@ def _mask_token_blend_backward_op(
     grad_out: torch.Tensor, mask: torch.Tensor, x_dtype: torch.dtype, token_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dim = grad_out.shape[-1]
-    if launch_triton(grad_out):
+    if kernel_for(grad_out, has_native=False) == "triton":
         grad_x = new_output(tuple(grad_out.shape), x_dtype, grad_out.device)
         grad_token = new_output((1, 1, dim), token_dtype, grad_out.device)
         _launch_backward(grad_out, mask, grad_x, grad_token)

@@ -3,8 +3,8 @@
 Equals ``reference.patchify(imgs, p)`` followed by a gather of the rows ``ids_keep``, but
 reads only the visible pixels and writes only the (N, K, P) result.
 
-Op schemas (the native extension registers the same ones under ``fastmae_native``;
-``triton_op`` infers ``SymInt[]`` for ``list[int]`` arguments)::
+Op schemas (inferred by ``triton_op`` from the type hints, ``SymInt[]`` for ``list[int]``; the native
+library's kernels ``fastmae_kernels::patchify_gather[_backward]`` are declared with the same ones)::
 
     fastmae::patchify_gather(Tensor imgs, Tensor ids_keep, SymInt[] patch_size) -> Tensor
     fastmae::patchify_gather_backward(Tensor grad_patches, Tensor ids_keep, SymInt[] patch_size,
@@ -21,7 +21,7 @@ Op schemas (the native extension registers the same ones under ``fastmae_native`
   Saves only ids_keep (and the shape).
 
 Kernel: one program per (visible patch, chunk of BLOCK elements of that patch), walking the
-patch in destination (channel-last) order, so the stores are contiguous. See
+patch in channel-last order, so the gather's stores (and the scatter's loads) are contiguous. See
 docs/ops.md for the layout discussion and :func:`bytes_moved` for the
 traffic the benchmark counts.
 """
@@ -29,7 +29,7 @@ traffic the benchmark counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,127 +38,42 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import check_id_values, check_ids, check_patch_batch, patch_shape
-from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
 from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
+from fastmae.ops._triton_helpers import patch_element_offset
 
-# ----------------------------------------------------------------------------- kernels
+# ----------------------------------------------------------------------------- kernel
 
 
 @triton.jit
-def _patch_offsets(
-    row,
-    chunk,
-    ids_ptr,
-    num_keep,
-    grid_h,
-    grid_w,
-    img_stride_b,
-    img_stride_c,
-    img_stride_t,
-    img_stride_h,
-    img_stride_w,
-    ids_stride_b,
-    ids_stride_k,
-    PT: tl.constexpr,
-    PH: tl.constexpr,
-    PW: tl.constexpr,
-    CHANS: tl.constexpr,
+def _gather_kernel(
+    src_ptr, ids_ptr, dst_ptr, num_keep, grid_h, grid_w,
+    img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
+    grad_stride_b, grad_stride_k, grad_stride_e,
+    SCATTER: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, CHANS: tl.constexpr,
     BLOCK: tl.constexpr,
-):
-    """Image offsets (int64) of elements [chunk*BLOCK, +BLOCK) of visible patch ``row`` = b*K + k."""
+):  # fmt: skip
+    """Elements [chunk*BLOCK, +BLOCK) of visible patch row = b*K + k: gathered from the image into the (N, K, P)
+    output, or (SCATTER) its gradient stored back into the image gradient."""
+    row = tl.program_id(0)
     b = (row // num_keep).to(tl.int64)
     k = (row % num_keep).to(tl.int64)
     patch = tl.load(ids_ptr + b * ids_stride_b + k * ids_stride_k).to(tl.int64)
-    patch_w = patch % grid_w
-    patch_h = (patch // grid_w) % grid_h
-    patch_t = patch // grid_w // grid_h
-    # element e of the patch, channel fastest: e = ((ti*PH + i)*PW + j)*CHANS + c
-    elem = chunk * BLOCK + tl.arange(0, BLOCK)
+    elem = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     in_patch = elem < PT * PH * PW * CHANS
-    chan = elem % CHANS
-    col = (elem // CHANS) % PW
-    line = (elem // (CHANS * PW)) % PH
-    frame = elem // (CHANS * PW * PH)
-    offsets = (
-        b * img_stride_b
-        + chan.to(tl.int64) * img_stride_c
-        + (patch_t * PT + frame) * img_stride_t
-        + (patch_h * PH + line) * img_stride_h
-        + (patch_w * PW + col) * img_stride_w
+    image = b * img_stride_b + patch_element_offset(
+        patch, elem, grid_h, grid_w, img_stride_c, img_stride_t, img_stride_h, img_stride_w, PT, PH, PW, CHANS
     )
-    return offsets, elem, in_patch
-
-
-@triton.jit
-def _patchify_gather_kernel(
-    img_ptr,
-    ids_ptr,
-    out_ptr,
-    num_keep,
-    grid_h,
-    grid_w,
-    img_stride_b,
-    img_stride_c,
-    img_stride_t,
-    img_stride_h,
-    img_stride_w,
-    ids_stride_b,
-    ids_stride_k,
-    PT: tl.constexpr,
-    PH: tl.constexpr,
-    PW: tl.constexpr,
-    CHANS: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    src, elem, in_patch = _patch_offsets(
-        row, chunk, ids_ptr, num_keep, grid_h, grid_w,
-        img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
-        PT, PH, PW, CHANS, BLOCK,
-    )  # fmt: skip
-    values = tl.load(img_ptr + src, mask=in_patch)
-    tl.store(out_ptr + row.to(tl.int64) * (PT * PH * PW * CHANS) + elem, values, mask=in_patch)
-
-
-@triton.jit
-def _patchify_scatter_kernel(
-    grad_ptr,
-    ids_ptr,
-    grad_img_ptr,
-    num_keep,
-    grid_h,
-    grid_w,
-    img_stride_b,
-    img_stride_c,
-    img_stride_t,
-    img_stride_h,
-    img_stride_w,
-    ids_stride_b,
-    ids_stride_k,
-    grad_stride_b,
-    grad_stride_k,
-    grad_stride_e,
-    PT: tl.constexpr,
-    PH: tl.constexpr,
-    PW: tl.constexpr,
-    CHANS: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    dst, elem, in_patch = _patch_offsets(
-        row, chunk, ids_ptr, num_keep, grid_h, grid_w,
-        img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
-        PT, PH, PW, CHANS, BLOCK,
-    )  # fmt: skip
-    # grad strides may be 0 (the gradient of .sum() is an expanded tensor)
-    b = (row // num_keep).to(tl.int64)
-    k = (row % num_keep).to(tl.int64)
-    src = b * grad_stride_b + k * grad_stride_k + elem.to(tl.int64) * grad_stride_e
-    grad = tl.load(grad_ptr + src, mask=in_patch).to(tl.float32)  # exact; compares bf16 right in the interpreter
-    # store -0.0 as +0.0, as autograd's zeros + scatter_add does (bitwise equal gradients)
-    tl.store(grad_img_ptr + dst, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
+    if SCATTER:
+        # grad strides may be 0 (the gradient of .sum() is an expanded tensor)
+        grad_offsets = b * grad_stride_b + k * grad_stride_k + elem * grad_stride_e
+        # to float32: exact, and it compares bf16 right in the interpreter
+        grad = tl.load(src_ptr + grad_offsets, mask=in_patch).to(tl.float32)
+        # store -0.0 as +0.0, as autograd's zeros + scatter_add does (bitwise equal gradients)
+        tl.store(dst_ptr + image, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
+    else:
+        values = tl.load(src_ptr + image, mask=in_patch)
+        tl.store(dst_ptr + row.to(tl.int64) * (PT * PH * PW * CHANS) + elem, values, mask=in_patch)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -171,90 +86,93 @@ def _block_size(patch_numel: int) -> tuple[int, int]:
 
 
 def _launch(
-    kernel: Any,
     source: torch.Tensor,
     ids_keep: torch.Tensor,
     destination: torch.Tensor,
     image: torch.Tensor,
     patch: Sequence[int],
-    extra_strides: tuple[int, ...] = (),
+    grad_strides: tuple[int, ...] | None = None,
 ) -> None:
-    """Run a gather/scatter kernel over the (N*K, chunks) grid; ``image`` (source or destination) gives the strides."""
+    """Run the kernel over the (N*K, chunks) grid; ``image`` (source or destination) gives the strides, and
+    ``grad_strides`` (the source's, when it is the patch gradient) make it scatter."""
     (_, chans, _, height, width), (pt, ph, pw) = as_video(image.shape, patch)
     batch, num_keep = ids_keep.shape
     patch_numel = pt * ph * pw * chans
     block, num_warps = _block_size(patch_numel)
     grid = (batch * num_keep, triton.cdiv(patch_numel, block))
-    wrap_triton(kernel)[grid](
-        source,
-        ids_keep,
-        destination,
-        num_keep,
-        height // ph,
-        width // pw,
-        *video_strides(image),
-        *ids_keep.stride(),
-        *extra_strides,
-        PT=pt,
-        PH=ph,
-        PW=pw,
-        CHANS=chans,
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+    wrap_triton(_gather_kernel)[grid](
+        source, ids_keep, destination, num_keep, height // ph, width // pw,
+        *video_strides(image), *ids_keep.stride(), *(grad_strides or (0, 0, 0)),
+        SCATTER=grad_strides is not None, PT=pt, PH=ph, PW=pw, CHANS=chans, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- ops
 
 
-@triton_op("fastmae::patchify_gather", mutates_args=())
-def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
+def _gather_torch(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
+    """The PyTorch branch (and the native kernel's fake): advanced indexing on a strided view reads only the
+    selected patches."""
     out_shape = (*ids_keep.shape, math.prod(patch_size) * imgs.shape[1])
-    if launch_triton(imgs):
-        out = new_output(out_shape, imgs.dtype, imgs.device)
-        _launch(_patchify_gather_kernel, imgs, ids_keep, out, imgs, patch_size)
-        return out
-    # advanced indexing on a strided view reads only the selected patches
     visible = patch_grid_view(imgs, patch_size)[grid_index(imgs.shape, patch_size, ids_keep)]
     return visible.reshape(out_shape).contiguous()
+
+
+def _scatter_torch(
+    grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
+) -> torch.Tensor:
+    """The PyTorch branch of the backward: accumulate into zeros, the same arithmetic as autograd's gather backward."""
+    grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
+    rows = grad_patches.reshape(*ids_keep.shape, *as_video(imgs_shape, patch_size)[1], imgs_shape[1])
+    patch_grid_view(grad_imgs, patch_size).index_put_(
+        grid_index(imgs_shape, patch_size, ids_keep), rows, accumulate=True
+    )
+    return grad_imgs
+
+
+@triton_op("fastmae::patchify_gather", mutates_args=())
+def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
+    kernel = kernel_for(imgs)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.patchify_gather(imgs, ids_keep, patch_size)
+    if kernel == "torch":
+        return _gather_torch(imgs, ids_keep, patch_size)
+    out = new_output((*ids_keep.shape, math.prod(patch_size) * imgs.shape[1]), imgs.dtype, imgs.device)
+    _launch(imgs, ids_keep, out, imgs, patch_size)
+    return out
 
 
 @triton_op("fastmae::patchify_gather_backward", mutates_args=())
 def _patchify_gather_backward_op(
     grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
 ) -> torch.Tensor:
+    kernel = kernel_for(grad_patches)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.patchify_gather_backward(grad_patches, ids_keep, patch_size, imgs_shape)
+    if kernel == "torch":
+        return _scatter_torch(grad_patches, ids_keep, patch_size, imgs_shape)
     grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
-    if launch_triton(grad_patches):
-        _launch(
-            _patchify_scatter_kernel, grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size,
-            tuple(grad_patches.stride()),
-        )  # fmt: skip
-    else:
-        rows = grad_patches.reshape(*ids_keep.shape, *as_video(imgs_shape, patch_size)[1], imgs_shape[1])
-        # accumulate into zeros: the same arithmetic as autograd's gather backward
-        patch_grid_view(grad_imgs, patch_size).index_put_(
-            grid_index(imgs_shape, patch_size, ids_keep), rows, accumulate=True
-        )
+    _launch(grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size, tuple(grad_patches.stride()))
     return grad_imgs
 
 
-def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+define_native_kernel(torch.ops.fastmae.patchify_gather, _gather_torch)
+define_native_kernel(torch.ops.fastmae.patchify_gather_backward, _scatter_torch)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     imgs, ids_keep, patch_size = inputs
     ctx.save_for_backward(ids_keep)
     ctx.patch_size = list(patch_size)
     ctx.imgs_shape = list(imgs.shape)
 
 
-def backward_through(backward_op: Any) -> Callable[..., tuple[torch.Tensor | None, None, None]]:
-    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
-
-    def backward(ctx: Any, grad_patches: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        (ids_keep,) = ctx.saved_tensors
-        return backward_op(grad_patches, ids_keep, ctx.patch_size, ctx.imgs_shape), None, None
-
-    return backward
+def _backward(ctx: Any, grad_patches: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    (ids_keep,) = ctx.saved_tensors
+    grad_imgs = torch.ops.fastmae.patchify_gather_backward(grad_patches, ids_keep, ctx.patch_size, ctx.imgs_shape)
+    return grad_imgs, None, None
 
 
 def _setup_backward_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -269,9 +187,7 @@ def _double_backward(ctx: Any, grad_grad_imgs: torch.Tensor) -> tuple[torch.Tens
     return torch.ops.fastmae.patchify_gather(grad_grad_imgs, ids_keep, ctx.patch_size), None, None, None
 
 
-_patchify_gather_op.register_autograd(
-    backward_through(torch.ops.fastmae.patchify_gather_backward), setup_context=setup_context
-)
+_patchify_gather_op.register_autograd(_backward, setup_context=_setup_context)
 _patchify_gather_backward_op.register_autograd(_double_backward, setup_context=_setup_backward_context)
 
 
@@ -292,7 +208,7 @@ def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int 
     check_ids(ids_keep, imgs.shape[0], num_patches, imgs.device)
     if debug_value_checks():
         check_id_values(ids_keep, num_patches, "ids_keep")
-    return resolve_op("patchify_gather", imgs.device)(imgs, ids_keep, list(patch))
+    return torch.ops.fastmae.patchify_gather(imgs, ids_keep, list(patch))
 
 
 def bytes_moved(

@@ -1,11 +1,12 @@
 """Fused masked MSE loss: the MAE loss with the target patches built from the pixels inside the kernel.
 
-Schemas (the native extension registers the same ones under ``fastmae_native``)::
+Schemas (inferred from the type hints; the native library's kernels ``fastmae_kernels::NAME`` are declared
+with the same ones)::
 
-    fastmae::masked_mse_loss(Tensor pred, Tensor? imgs, Tensor? ids_restore, Tensor? mask, Tensor? target,
-                             Tensor? sample_weight, int[] patch_size, bool norm_pix, float eps) -> Tensor
-    fastmae::masked_mse_loss_backward(Tensor grad_loss, Tensor pred, Tensor? imgs, Tensor? ids_restore,
-                                      Tensor? mask, Tensor? target, Tensor? sample_weight, int[] patch_size,
+    fastmae::masked_mse_loss(Tensor pred, Tensor? imgs, Tensor? ids_removed, Tensor? mask, Tensor? target,
+                             Tensor? sample_weight, SymInt[] patch_size, bool norm_pix, float eps) -> Tensor
+    fastmae::masked_mse_loss_backward(Tensor grad_loss, Tensor pred, Tensor? imgs, Tensor? ids_removed,
+                                      Tensor? mask, Tensor? target, Tensor? sample_weight, SymInt[] patch_size,
                                       bool norm_pix, float eps, bool source_grad) -> (Tensor, Tensor)
 
 The forward returns a float32 scalar. The backward returns ``(grad_pred, grad_source)``: grad_pred has pred's
@@ -14,8 +15,9 @@ shape and dtype; grad_source has the shape and dtype of the target source (``img
 
 Which rows of ``pred`` count, and with what weight (w_b = sample_weight[b], 1 when absent):
 
-- removed-only pred (B, L-K, D) with ``ids_restore`` (B, L): row r of sample b is patch ids_shuffle[b, K+r],
-  weight w_b. ids_shuffle is the inverse permutation of ids_restore, built with one O(B*L) scatter (no sort).
+- removed-only pred (B, L-K, D) with ``ids_removed`` (B, L-K): row r of sample b is patch ids_removed[b, r],
+  weight w_b. The model holds ids_removed = ids_shuffle[:, K:] already; the functional API also takes
+  ids_restore and derives it once with :func:`removed_ids` (one O(B*L) scatter, no sort).
 - full pred (B, L, D) with ``mask`` (B, L) (float or bool, 1 = removed): row l has weight w_b * mask[b, l].
 
 loss = sum_{b,l} weight(b,l) * mean_d (pred - target)^2 / sum_{b,l} weight(b,l); with w = 1 this is exactly
@@ -26,13 +28,13 @@ BLOCK_D the power of 2 >= D. It loads the pred rows, builds the target rows from
 explicit target rows), normalises them per patch when ``norm_pix``, and writes one float32 partial sum per
 program (no float atomics, so the loss is deterministic); torch adds the (B, R/BLOCK_R) partials. The
 backward recomputes the target the same way and writes grad_pred (and the source gradient) directly; nothing
-larger than the partials and the (B, L-K) removed ids is allocated besides the gradients themselves.
+larger than the partials is allocated besides the gradients themselves.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -41,10 +43,11 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import FLOAT_DTYPES, check_float, check_id_values, check_patch_batch, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
 from fastmae.ops._layout import as_video, patch_grid_view, patch_rows, video_strides
+from fastmae.ops._triton_helpers import narrow_fp32, patch_element_offset
 
-__all__ = ["masked_mse_loss"]
+__all__ = ["masked_mse_loss", "removed_ids"]
 
 DEFAULT_EPS = 1e-6
 _TILE_ELEMENTS = 4096  # BLOCK_R * BLOCK_D per program: a 4 x 1024 fp32 tile for ViT-B/L patches
@@ -69,17 +72,19 @@ class _Layout(NamedTuple):
 def _layout(
     pred: torch.Tensor,
     imgs: torch.Tensor | None,
-    ids_restore: torch.Tensor | None,
+    ids_removed: torch.Tensor | None,
     mask: torch.Tensor | None,
     target: torch.Tensor | None,
     sample_weight: torch.Tensor | None,
     patch_size: object,
     norm_pix: bool,
     full_pred_keep: int | None = None,
+    ids_restore: torch.Tensor | None = None,
 ) -> _Layout:
     """Check shapes, dtypes and devices (never values) and describe the call.
 
-    full_pred_keep: the functional API's num_keep, which lets a full pred come with ids_restore (no mask).
+    The functional API may pass ``ids_restore`` instead of ``ids_removed`` (a removed-only pred), or with
+    full_pred_keep, its num_keep, which lets a full pred come with ids_restore (no mask).
     """
     check_tensor(pred, "pred")
     if pred.dim() != 3:
@@ -131,14 +136,21 @@ def _layout(
                 "a full pred (B, L, D) needs mask (B, L); with ids_restore, the functional API also accepts "
                 "num_keep=K (the number of kept patches is not derivable from the shapes)"
             )
-        if ids_restore is not None:
-            raise ValueError("with a full pred pass mask, not ids_restore (ids_restore serves a removed-only pred)")
+        if ids_restore is not None or ids_removed is not None:
+            raise ValueError(
+                "with a full pred pass mask, not ids_restore or ids_removed (they serve a removed-only pred)"
+            )
     elif 1 <= rows < num_patches:
         removed_only = True
-        if ids_restore is None:
-            raise ValueError(f"a removed-only pred (B, L-K, D) with {rows} < L = {num_patches} rows needs ids_restore")
+        if (ids_restore is None) == (ids_removed is None):
+            raise ValueError(
+                f"a removed-only pred (B, L-K, D) with {rows} < L = {num_patches} rows needs ids_restore (B, L) "
+                "or ids_removed (B, L-K), exactly one of them"
+            )
         if mask is not None:
-            raise ValueError("mask applies only to a full pred (B, L, D); a removed-only pred takes ids_restore")
+            raise ValueError(
+                "mask applies only to a full pred (B, L, D); a removed-only pred takes ids_restore or ids_removed"
+            )
     else:
         raise ValueError(f"pred must have L = {num_patches} rows (full) or 1..L-1 rows (removed-only), got {rows}")
 
@@ -152,6 +164,17 @@ def _layout(
             )
         if not same_device(ids_restore.device, pred.device):
             raise ValueError(f"ids_restore must be on {pred.device} like pred, got {ids_restore.device}")
+    if ids_removed is not None:
+        check_tensor(ids_removed, "ids_removed")
+        if ids_removed.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids_removed must be int64 or int32, got {ids_removed.dtype}")
+        if tuple(ids_removed.shape) != (batch, rows):
+            raise ValueError(
+                f"ids_removed must have shape (B, L-K) = ({batch}, {rows}) like pred's rows, got "
+                f"{tuple(ids_removed.shape)}"
+            )
+        if not same_device(ids_removed.device, pred.device):
+            raise ValueError(f"ids_removed must be on {pred.device} like pred, got {ids_removed.device}")
     if mask is not None:
         check_tensor(mask, "mask")
         if tuple(mask.shape) != (batch, num_patches):
@@ -168,15 +191,6 @@ def _layout(
         if not same_device(sample_weight.device, pred.device):
             raise ValueError(f"sample_weight must be on {pred.device} like pred, got {sample_weight.device}")
     return _Layout(batch, num_patches, rows, dim, removed_only, imgs is not None, patch, grid, chans)
-
-
-def _removed_ids(ids_restore: torch.Tensor, rows: int) -> torch.Tensor:
-    """(B, L) ids_restore -> (B, rows) int64 ids_shuffle[:, L-rows:], by inverting the permutation with a scatter."""
-    batch, length = ids_restore.shape
-    positions = torch.arange(length, device=ids_restore.device).expand(batch, length)
-    ids_shuffle = torch.empty((batch, length), dtype=torch.int64, device=ids_restore.device)
-    ids_shuffle = ids_shuffle.scatter(1, ids_restore.long(), positions)
-    return ids_shuffle[:, length - rows :].contiguous()
 
 
 def _row_weights(
@@ -223,20 +237,8 @@ def _source_offsets(
     """int64 offsets (BLOCK_R, BLOCK_D) of target elements: patch (BLOCK_R,) int64, cols (BLOCK_D,) int32."""
     cols64 = cols.to(tl.int64)
     if PIXELS:
-        # element d = ((ti * PH + i) * PW + j) * C + c; patch l = (lt * GRID_H + lh) * GRID_W + lw
-        c = cols64 % C
-        j = (cols64 // C) % PW
-        i = (cols64 // (C * PW)) % PH
-        ti = cols64 // (C * PW * PH)
-        lw = patch % GRID_W
-        lh = (patch // GRID_W) % GRID_H
-        lt = patch // (GRID_W * GRID_H)
-        offsets = (
-            b * sb
-            + c[None, :] * sc
-            + (lt[:, None] * PT + ti[None, :]) * st
-            + (lh[:, None] * PH + i[None, :]) * sh
-            + (lw[:, None] * PW + j[None, :]) * sw
+        offsets = b * sb + patch_element_offset(
+            patch[:, None], cols64[None, :], GRID_H, GRID_W, sc, st, sh, sw, PT, PH, PW, C
         )
     else:
         offsets = b * sb + patch[:, None] * sw + cols64[None, :] * sc
@@ -246,7 +248,7 @@ def _source_offsets(
 @triton.jit
 def _load_tile(
     pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-    b, pid_r, R, L, D, sp_b, sp_r, sp_d, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
+    b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -256,7 +258,7 @@ def _load_tile(
     row_ok = rows < R
     rows64 = rows.to(tl.int64)
     if HAS_IDS:
-        patch = tl.load(ids_ptr + b * R + rows64, mask=row_ok, other=0).to(tl.int64)
+        patch = tl.load(ids_ptr + b * si_b + rows64 * si_r, mask=row_ok, other=0).to(tl.int64)
     else:
         patch = rows64
     if HAS_MASK:
@@ -288,7 +290,7 @@ def _load_tile(
 @triton.jit
 def _loss_fwd_kernel(
     pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr, partial_ptr,
-    R, L, D, sp_b, sp_r, sp_d, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
+    R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -298,7 +300,7 @@ def _loss_fwd_kernel(
     b = pid_b.to(tl.int64)
     _, row_ok, _, _, _, weight, _, _, diff = _load_tile(
         pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-        b, pid_r, R, L, D, sp_b, sp_r, sp_d, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
+        b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
         HAS_IDS, HAS_MASK, HAS_WEIGHT, NORM_PIX, PIXELS, C, PT, PH, PW, BLOCK_R, BLOCK_D,
     )
     row_mse = tl.sum(diff * diff, axis=1) / D
@@ -309,7 +311,7 @@ def _loss_fwd_kernel(
 @triton.jit
 def _loss_bwd_kernel(
     pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr, coef_ptr, grad_pred_ptr, grad_src_ptr,
-    R, L, D, sp_b, sp_r, sp_d, sb, sc, st, sh, sw, gb, gc, gt, gh, gw, GRID_H, GRID_W, eps,
+    R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, gb, gc, gt, gh, gw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -319,7 +321,7 @@ def _loss_bwd_kernel(
     b = pid_b.to(tl.int64)
     rows64, row_ok, col_ok, _, patch, weight, tgt, rstd, diff = _load_tile(
         pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-        b, pid_r, R, L, D, sp_b, sp_r, sp_d, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
+        b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
         HAS_IDS, HAS_MASK, HAS_WEIGHT, NORM_PIX, PIXELS, C, PT, PH, PW, BLOCK_R, BLOCK_D,
     )
     # coef = 2 * grad_loss / (D * sum of weights), computed on device: no host sync
@@ -328,7 +330,7 @@ def _loss_bwd_kernel(
     store_ok = row_ok[:, None] & col_ok[None, :]  # weight-0 rows get zeros
     cols = tl.arange(0, BLOCK_D)
     grad_offsets = (b * R + rows64)[:, None] * D + cols.to(tl.int64)[None, :]
-    tl.store(grad_pred_ptr + grad_offsets, grad.to(grad_pred_ptr.dtype.element_ty), mask=store_ok)
+    tl.store(grad_pred_ptr + grad_offsets, narrow_fp32(grad, grad_pred_ptr.dtype.element_ty), mask=store_ok)
     if SOURCE_GRAD:
         grad_tgt = -grad
         if NORM_PIX:
@@ -337,7 +339,7 @@ def _loss_bwd_kernel(
             grad_dot = tl.sum(grad_tgt * tgt, axis=1)
             grad_tgt = (grad_tgt - grad_sum[:, None] / D - tgt * (grad_dot / (D - 1))[:, None]) * rstd[:, None]
         src_offsets = _source_offsets(b, patch, cols, gb, gc, gt, gh, gw, GRID_H, GRID_W, PIXELS, C, PT, PH, PW)
-        tl.store(grad_src_ptr + src_offsets, grad_tgt.to(grad_src_ptr.dtype.element_ty), mask=store_ok)
+        tl.store(grad_src_ptr + src_offsets, narrow_fp32(grad_tgt, grad_src_ptr.dtype.element_ty), mask=store_ok)
 
 
 def _blocks(lay: _Layout) -> tuple[int, int]:
@@ -354,7 +356,8 @@ def _launch(
     lay: _Layout,
     pred: torch.Tensor,
     source: torch.Tensor,
-    row_inputs: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    ids: torch.Tensor | None,
+    row_inputs: tuple[torch.Tensor | None, torch.Tensor | None],
     eps: float,
     outputs: Sequence[torch.Tensor],
     output_strides: Sequence[int],
@@ -362,14 +365,15 @@ def _launch(
 ) -> None:
     """Launch one of the kernels over a (B, cdiv(R, BLOCK_R)) grid; strides are passed, so pred and the
     source need not be contiguous."""
-    ids, mask_f, weight_f = row_inputs
+    mask_f, weight_f = row_inputs
     block_r, block_d = _blocks(lay)
     grid = (lay.batch, triton.cdiv(lay.rows, block_r))
     # an absent optional input is replaced by pred: its load is compiled out by the HAS_* constexpr
     wrap_triton(kernel)[grid](
         pred, source, pred if ids is None else ids, pred if mask_f is None else mask_f,
         pred if weight_f is None else weight_f, *outputs,
-        lay.rows, lay.num_patches, lay.dim, *pred.stride(), *_source_strides(lay, source), *output_strides,
+        lay.rows, lay.num_patches, lay.dim, *pred.stride(), *(ids.stride() if ids is not None else (0, 0)),
+        *_source_strides(lay, source), *output_strides,
         lay.grid[1], lay.grid[2], float(eps),
         HAS_IDS=ids is not None, HAS_MASK=mask_f is not None, HAS_WEIGHT=weight_f is not None,
         PIXELS=lay.pixels, C=lay.chans, PT=lay.patch[0], PH=lay.patch[1], PW=lay.patch[2],
@@ -378,13 +382,12 @@ def _launch(
 
 
 def _row_inputs(
-    lay: _Layout, ids_restore: torch.Tensor | None, mask: torch.Tensor | None, sample_weight: torch.Tensor | None
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The tiny per-row inputs as the kernels read them: removed ids (B, R) int64, mask float32, weights."""
-    ids = _removed_ids(ids_restore, lay.rows) if lay.removed_only else None
+    mask: torch.Tensor | None, sample_weight: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The tiny per-row inputs as the kernels read them: mask float32 and weights, contiguous."""
     mask_f = mask.to(torch.float32).contiguous() if mask is not None else None
     weight_f = sample_weight.contiguous() if sample_weight is not None else None
-    return ids, mask_f, weight_f
+    return mask_f, weight_f
 
 
 # --------------------------------------------------------------------------------------
@@ -426,67 +429,47 @@ def _torch_source_grad(
 # --------------------------------------------------------------------------------------
 # Registered ops
 # --------------------------------------------------------------------------------------
-@triton_op("fastmae::masked_mse_loss", mutates_args=())
-def _masked_mse_loss_op(
-    pred: torch.Tensor,
-    imgs: torch.Tensor | None,
-    ids_restore: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    target: torch.Tensor | None,
-    sample_weight: torch.Tensor | None,
-    patch_size: list[int],
-    norm_pix: bool,
+def _loss_torch(
+    pred: torch.Tensor, imgs: torch.Tensor | None, ids_removed: torch.Tensor | None, mask: torch.Tensor | None,
+    target: torch.Tensor | None, sample_weight: torch.Tensor | None, patch_size: list[int], norm_pix: bool,
     eps: float,
-) -> torch.Tensor:
-    lay = _layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size or 1, norm_pix)
-    denominator = _denominator(lay, mask, sample_weight, pred.device)
-    row_inputs = _row_inputs(lay, ids_restore, mask, sample_weight)
-    if launch_triton(pred):
-        block_r, _ = _blocks(lay)
-        partials = new_output((lay.batch, triton.cdiv(lay.rows, block_r)), torch.float32, pred.device)
-        source = imgs if imgs is not None else target
-        _launch(_loss_fwd_kernel, lay, pred, source, row_inputs, eps, [partials], [], NORM_PIX=norm_pix)
-        return partials.sum() / denominator
-    tgt, _ = _torch_target(lay, imgs, target, row_inputs[0], norm_pix, eps)
+) -> torch.Tensor:  # fmt: skip
+    """The PyTorch branch of the forward (and the native kernel's fake)."""
+    lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
+    ids = ids_removed.long() if ids_removed is not None else None
+    tgt, _ = _torch_target(lay, imgs, target, ids, norm_pix, eps)
     row_mse = (pred.to(torch.float32) - tgt).pow(2).mean(dim=-1)
-    return (row_mse * _row_weights(lay, mask, sample_weight, pred.device)).sum() / denominator
+    weighted = row_mse * _row_weights(lay, mask, sample_weight, pred.device)
+    return weighted.sum() / _denominator(lay, mask, sample_weight, pred.device)
 
 
-@triton_op("fastmae::masked_mse_loss_backward", mutates_args=())
-def _masked_mse_loss_backward_op(
-    grad_loss: torch.Tensor,
-    pred: torch.Tensor,
-    imgs: torch.Tensor | None,
-    ids_restore: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    target: torch.Tensor | None,
-    sample_weight: torch.Tensor | None,
-    patch_size: list[int],
-    norm_pix: bool,
-    eps: float,
-    source_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    lay = _layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size or 1, norm_pix)
-    source = imgs if imgs is not None else target
-    # 2 * grad_loss / (D * sum of weights), a float32 scalar kept on the device (no host sync)
+def _backward_buffers(
+    lay: _Layout, grad_loss: torch.Tensor, pred: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None,
+    sample_weight: torch.Tensor | None, source_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """coef = 2 * grad_loss / (D * sum of weights) (a float32 scalar kept on the device: no host sync), and the
+    grad_pred and grad_source outputs (kept patches of a removed-only pred are never visited: zeros)."""
     coef = 2.0 * grad_loss.to(torch.float32) / (lay.dim * _denominator(lay, mask, sample_weight, pred.device))
-    row_inputs = _row_inputs(lay, ids_restore, mask, sample_weight)
     grad_pred = new_output(tuple(pred.shape), pred.dtype, pred.device)
     if not source_grad:
         grad_source = torch.empty((0,), dtype=source.dtype, device=source.device)
-    elif lay.removed_only:  # the kept patches are never visited: their gradient is zero
+    elif lay.removed_only:
         grad_source = torch.zeros(source.shape, dtype=source.dtype, device=source.device)
     else:
         grad_source = new_output(tuple(source.shape), source.dtype, source.device)
-    if launch_triton(pred):
-        grad_strides = _source_strides(lay, grad_source) if source_grad else (0,) * 5
-        _launch(
-            _loss_bwd_kernel, lay, pred, source, row_inputs, eps,
-            [coef.reshape(1), grad_pred, grad_source if source_grad else grad_pred], grad_strides,
-            NORM_PIX=norm_pix, SOURCE_GRAD=source_grad,
-        )
-        return grad_pred, grad_source
-    ids = row_inputs[0]
+    return coef, grad_pred, grad_source
+
+
+def _loss_backward_torch(
+    grad_loss: torch.Tensor, pred: torch.Tensor, imgs: torch.Tensor | None, ids_removed: torch.Tensor | None,
+    mask: torch.Tensor | None, target: torch.Tensor | None, sample_weight: torch.Tensor | None,
+    patch_size: list[int], norm_pix: bool, eps: float, source_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The PyTorch branch of the backward (and the native kernel's fake)."""
+    lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
+    source = imgs if imgs is not None else target
+    coef, grad_pred, grad_source = _backward_buffers(lay, grad_loss, pred, source, mask, sample_weight, source_grad)
+    ids = ids_removed.long() if ids_removed is not None else None
     tgt, rstd = _torch_target(lay, imgs, target, ids, norm_pix, eps)
     grad_rows = (pred.to(torch.float32) - tgt) * (coef * _row_weights(lay, mask, sample_weight, pred.device))[..., None]
     grad_pred.copy_(grad_rows)
@@ -500,34 +483,99 @@ def _masked_mse_loss_backward_op(
     return grad_pred, grad_source
 
 
-def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix, eps = inputs
-    ctx.save_for_backward(pred, imgs, ids_restore, mask, target, sample_weight)
+@triton_op("fastmae::masked_mse_loss", mutates_args=())
+def _masked_mse_loss_op(
+    pred: torch.Tensor, imgs: torch.Tensor | None, ids_removed: torch.Tensor | None, mask: torch.Tensor | None,
+    target: torch.Tensor | None, sample_weight: torch.Tensor | None, patch_size: list[int], norm_pix: bool,
+    eps: float,
+) -> torch.Tensor:  # fmt: skip
+    args = (pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps)
+    kernel = kernel_for(pred)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.masked_mse_loss(*args)
+    if kernel == "torch":
+        return _loss_torch(*args)
+    lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
+    block_r, _ = _blocks(lay)
+    partials = new_output((lay.batch, triton.cdiv(lay.rows, block_r)), torch.float32, pred.device)
+    source = imgs if imgs is not None else target
+    _launch(
+        _loss_fwd_kernel, lay, pred, source, ids_removed, _row_inputs(mask, sample_weight), eps, [partials], [],
+        NORM_PIX=norm_pix,
+    )  # fmt: skip
+    return partials.sum() / _denominator(lay, mask, sample_weight, pred.device)
+
+
+@triton_op("fastmae::masked_mse_loss_backward", mutates_args=())
+def _masked_mse_loss_backward_op(
+    grad_loss: torch.Tensor, pred: torch.Tensor, imgs: torch.Tensor | None, ids_removed: torch.Tensor | None,
+    mask: torch.Tensor | None, target: torch.Tensor | None, sample_weight: torch.Tensor | None,
+    patch_size: list[int], norm_pix: bool, eps: float, source_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    args = (grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad)
+    kernel = kernel_for(pred)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.masked_mse_loss_backward(*args)
+    if kernel == "torch":
+        return _loss_backward_torch(*args)
+    lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
+    source = imgs if imgs is not None else target
+    coef, grad_pred, grad_source = _backward_buffers(lay, grad_loss, pred, source, mask, sample_weight, source_grad)
+    grad_strides = _source_strides(lay, grad_source) if source_grad else (0,) * 5
+    _launch(
+        _loss_bwd_kernel, lay, pred, source, ids_removed, _row_inputs(mask, sample_weight), eps,
+        [coef.reshape(1), grad_pred, grad_source if source_grad else grad_pred], grad_strides,
+        NORM_PIX=norm_pix, SOURCE_GRAD=source_grad,
+    )  # fmt: skip
+    return grad_pred, grad_source
+
+
+define_native_kernel(torch.ops.fastmae.masked_mse_loss, _loss_torch)
+define_native_kernel(torch.ops.fastmae.masked_mse_loss_backward, _loss_backward_torch)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps = inputs
+    ctx.save_for_backward(pred, imgs, ids_removed, mask, target, sample_weight)
     ctx.patch_size, ctx.norm_pix, ctx.eps = list(patch_size), norm_pix, eps
     ctx.source_index = 1 if imgs is not None else 4
 
 
-def backward_through(backward_op: Any) -> Callable[..., tuple[torch.Tensor | None, ...]]:
-    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
-
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        pred, imgs, ids_restore, mask, target, sample_weight = ctx.saved_tensors
-        source_grad = bool(ctx.needs_input_grad[ctx.source_index])
-        grad_pred, grad_source = backward_op(
-            grad_loss, pred, imgs, ids_restore, mask, target, sample_weight, ctx.patch_size, ctx.norm_pix, ctx.eps,
-            source_grad,
-        )
-        grads: list[torch.Tensor | None] = [grad_pred, None, None, None, None, None, None, None, None]
-        if source_grad:
-            grads[ctx.source_index] = grad_source
-        return tuple(grads)
-
-    return backward
+def _backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    pred, imgs, ids_removed, mask, target, sample_weight = ctx.saved_tensors
+    source_grad = bool(ctx.needs_input_grad[ctx.source_index])
+    grad_pred, grad_source = torch.ops.fastmae.masked_mse_loss_backward(
+        grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, ctx.patch_size, ctx.norm_pix, ctx.eps,
+        source_grad,
+    )
+    grads: list[torch.Tensor | None] = [grad_pred, None, None, None, None, None, None, None, None]
+    if source_grad:
+        grads[ctx.source_index] = grad_source
+    return tuple(grads)
 
 
-_masked_mse_loss_op.register_autograd(
-    backward_through(torch.ops.fastmae.masked_mse_loss_backward), setup_context=setup_context
-)
+_masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def removed_ids(ids_restore: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """The removed patches ``ids_shuffle[:, K:]`` (B, L-K) int64 from a masking's ``ids_restore`` (B, L) and K,
+    in the order a removed-only pred's rows come: one O(B*L) scatter inverts the permutation (no sort).
+
+    For callers that hold only ids_restore: ``masked_mse_loss`` calls it once when given ids_restore with a
+    removed-only pred. The model passes ``ids_removed=ids_shuffle[:, K:]``, which it holds anyway. A caller
+    with only a (B, L) mask passes the full pred with ``mask=`` instead.
+    """
+    check_tensor(ids_restore, "ids_restore")
+    if ids_restore.dim() != 2 or ids_restore.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"ids_restore must be a (B, L) int64/int32 tensor, got {ids_restore.dtype} "
+                         f"{tuple(ids_restore.shape)}")
+    batch, length = ids_restore.shape
+    if isinstance(num_keep, bool) or not isinstance(num_keep, int) or not 0 <= num_keep < length:
+        raise ValueError(f"num_keep must be an int in [0, L) = [0, {length}), got {num_keep!r}")
+    positions = torch.arange(length, device=ids_restore.device).expand(batch, length)
+    ids_shuffle = torch.empty((batch, length), dtype=torch.int64, device=ids_restore.device)
+    ids_shuffle = ids_shuffle.scatter(1, ids_restore.long(), positions)
+    return ids_shuffle[:, num_keep:].contiguous()
 
 
 # --------------------------------------------------------------------------------------
@@ -545,6 +593,7 @@ def masked_mse_loss(
     mask: torch.Tensor | None = None,
     num_keep: int | None = None,
     sample_weight: torch.Tensor | None = None,
+    ids_removed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The MAE loss: mean over removed patches of the per-patch mean squared error; a float32 scalar.
 
@@ -554,8 +603,11 @@ def masked_mse_loss(
     imgs: (B, C, H, W) images with patch_size an int or (ph, pw), D = ph*pw*C; or (B, C, T, H, W) video with
         patch_size (pt, ph, pw), D = pt*ph*pw*C. The target rows are read from the pixels inside the kernel in
         fastmae's patchify order: patches (tubelets) row-major over (T, H, W), elements (t, i, j, c).
-    ids_restore: (B, L) int64/int32, required with a removed-only pred. With a full pred pass it together
-        with num_keep=K (mask = ids_restore >= K is then built here), or pass mask instead.
+    ids_restore: (B, L) int64/int32, with a removed-only pred unless ids_removed is given (the removed ids
+        are then derived once, :func:`removed_ids`). With a full pred pass it together with num_keep=K
+        (mask = ids_restore >= K is then built here), or pass mask instead.
+    ids_removed: (B, L-K) int64/int32, ``ids_shuffle[:, K:]``: patch ids_removed[b, r] is row r of a
+        removed-only pred (any strides). What the model holds already; pass ids_restore=None with it.
     target: an explicit (B, L, D) target (HOG, features, ...) instead of imgs (then imgs is None and
         patch_size is not used).
     mask: (B, L) float or bool, 1 = removed, only with a full pred; fractional values weight patches.
@@ -566,8 +618,9 @@ def masked_mse_loss(
         a weighted mean over removed patches, exactly the spec loss when w = 1.
 
     Gradients flow to pred and, when it requires grad, to imgs or target (through norm_pix too); mask,
-    ids_restore and sample_weight get none (an error is raised if mask or sample_weight requires grad).
-    FASTMAE_DEBUG=1 checks that ids_restore holds permutations of 0..L-1 (a host sync).
+    the ids and sample_weight get none (an error is raised if mask or sample_weight requires grad).
+    FASTMAE_DEBUG=1 checks that ids_restore holds permutations of 0..L-1, and ids_removed distinct patches of
+    0..L-1 per row (a host sync).
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
@@ -577,14 +630,19 @@ def masked_mse_loss(
     if num_keep is not None:
         if isinstance(num_keep, bool) or not isinstance(num_keep, int):
             raise TypeError(f"num_keep must be an int, got {type(num_keep).__name__}")
-        if ids_restore is None or mask is not None:
-            raise ValueError("num_keep goes with ids_restore (and a full pred), not with mask")
-    lay = _layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, bool(norm_pix),
-                  full_pred_keep=num_keep)
-    if ids_restore is not None and debug_value_checks():
-        check_id_values(ids_restore, lay.num_patches, "ids_restore")
+        if ids_restore is None or mask is not None or ids_removed is not None:
+            raise ValueError("num_keep goes with ids_restore (and a full pred), not with mask or ids_removed")
+    lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, bool(norm_pix),
+                  full_pred_keep=num_keep, ids_restore=ids_restore)  # fmt: skip
+    if debug_value_checks():
+        for name, ids in (("ids_restore", ids_restore), ("ids_removed", ids_removed)):
+            if ids is not None:
+                check_id_values(ids, lay.num_patches, name)
     if num_keep is not None:
-        mask, ids_restore = ids_restore >= num_keep, None  # O(B*L): the spec's mask
+        mask = ids_restore >= num_keep  # O(B*L): the spec's mask
+    elif ids_restore is not None:
+        ids_removed = removed_ids(ids_restore, lay.num_patches - lay.rows)
     patch = [] if imgs is None else list(lay.patch if imgs.dim() == 5 else lay.patch[1:])
-    op = resolve_op("masked_mse_loss", pred.device)
-    return op(pred, imgs, ids_restore, mask, target, sample_weight, patch, bool(norm_pix), float(eps))
+    return torch.ops.fastmae.masked_mse_loss(
+        pred, imgs, ids_removed, mask, target, sample_weight, patch, bool(norm_pix), float(eps)
+    )

@@ -10,7 +10,8 @@ This equals the official decoder's ``cat(x[:, 1:], mask_tokens.to(x.dtype))``, `
 promotion of x_vis and pos_embed (bf16 tokens + an fp32 pos embed give fp32, as in the reference
 under autocast); without pos_embed it is x_vis's dtype.
 
-Schemas (the native extension registers the same ones under ``fastmae_native``):
+Schemas (inferred from the type hints; the native library's kernels ``fastmae_kernels::NAME`` are declared
+with the same ones):
 
     fastmae::unshuffle_with_mask_token(Tensor x_vis, Tensor mask_token, Tensor ids_restore,
                                        Tensor? pos_embed) -> Tensor
@@ -35,7 +36,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import check_float, check_id_values, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, launch_triton, new_output, resolve_op
+from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
+from fastmae.ops._triton_helpers import narrow_fp32
 
 _FWD_BLOCK_ROWS = 16
 _BWD_BLOCK_ROWS = 16
@@ -46,18 +48,6 @@ _BWD_SAMPLES_PER_PROGRAM = 16  # batch chunk one backward program loops over (se
 # --------------------------------------------------------------------------------------
 # Triton kernels (only features that triton 3.6 and 3.9 both have)
 # --------------------------------------------------------------------------------------
-@triton.jit
-def _cast_fp32(value, DST: tl.constexpr):
-    # fp32 -> DST rounding to nearest even, as PyTorch rounds. bf16 is rounded by hand: the Triton
-    # interpreter truncates in .to(tl.bfloat16), and the same bit arithmetic is exact on the GPU too.
-    if DST == tl.bfloat16:
-        bits = value.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return value.to(DST)
-
-
 @triton.jit
 def _unshuffle_fwd_kernel(
     x_ptr, mask_ptr, ids_ptr, pos_ptr, out_ptr,
@@ -89,7 +79,7 @@ def _unshuffle_fwd_kernel(
     if HAS_POS:
         pos = tl.load(pos_ptr + rows[:, None] * stride_pr + cols[None, :] * stride_pd, mask=tile_ok, other=0.0)
         # both operands are exact in fp32; one rounding to the output dtype, as PyTorch's add
-        val = _cast_fp32(val.to(tl.float32) + pos.to(tl.float32), out_ptr.dtype.element_ty)
+        val = narrow_fp32(val.to(tl.float32) + pos.to(tl.float32), out_ptr.dtype.element_ty)
     out_offsets = (b * num_rows + rows[:, None]) * width + cols[None, :]
     tl.store(out_ptr + out_offsets, val, mask=tile_ok)
 
@@ -131,7 +121,7 @@ def _unshuffle_bwd_kernel(
             if grad_ptr.dtype.element_ty == grad_x_ptr.dtype.element_ty:
                 grad_x = g
             else:
-                grad_x = _cast_fp32(g.to(tl.float32), grad_x_ptr.dtype.element_ty)
+                grad_x = narrow_fp32(g.to(tl.float32), grad_x_ptr.dtype.element_ty)
             tl.store(grad_x_ptr + dst_offsets, grad_x, mask=visible[:, None] & col_ok[None, :])
         if NEED_MASK:
             masked = ok & is_patch & (ids >= num_visible)
@@ -195,21 +185,72 @@ def _output_dtype(x_vis: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.
     return x_vis.dtype if pos_embed is None else torch.promote_types(x_vis.dtype, pos_embed.dtype)
 
 
-@triton_op("fastmae::unshuffle_with_mask_token", mutates_args=())
-def _unshuffle_op(
+def _unshuffle_torch(
     x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
 ) -> torch.Tensor:
+    """The PyTorch branch (and the native kernel's fake): the reference decoder's cat / gather / cat / + pos."""
     batch, length = ids_restore.shape
-    out_dtype = _output_dtype(x_vis, pos_embed)
-    if launch_triton(x_vis):
-        out = new_output((batch, 1 + length, x_vis.shape[2]), out_dtype, x_vis.device)
-        _launch_forward(x_vis, mask_token, ids_restore, pos_embed, out)
-        return out
     width = x_vis.shape[2]
     tokens = mask_token.to(x_vis.dtype).expand(batch, length + 1 - x_vis.shape[1], width)
     patches = torch.cat([x_vis[:, 1:], tokens], dim=1).gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, width))
     out = torch.cat([x_vis[:, :1], patches], dim=1)
     return out + pos_embed if pos_embed is not None else out
+
+
+@triton_op("fastmae::unshuffle_with_mask_token", mutates_args=())
+def _unshuffle_op(
+    x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
+) -> torch.Tensor:
+    kernel = kernel_for(x_vis)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)
+    if kernel == "torch":
+        return _unshuffle_torch(x_vis, mask_token, ids_restore, pos_embed)
+    batch, length = ids_restore.shape
+    out = new_output((batch, 1 + length, x_vis.shape[2]), _output_dtype(x_vis, pos_embed), x_vis.device)
+    _launch_forward(x_vis, mask_token, ids_restore, pos_embed, out)
+    return out
+
+
+def _backward_outputs(
+    grad_out: torch.Tensor, grad_x: torch.Tensor | None, mask_sum: torch.Tensor | None, pos_sum: torch.Tensor | None,
+    mask_token_dtype: torch.dtype, pos_embed_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The backward op's outputs from the gradients asked for (float32 sums rounded once to their dtypes)."""
+
+    def empty() -> torch.Tensor:  # a fresh one per unneeded gradient: op outputs must not alias
+        return torch.empty(0, dtype=grad_out.dtype, device=grad_out.device)
+
+    width = grad_out.shape[2]
+    grad_mask = mask_sum.to(mask_token_dtype).view(1, 1, width) if mask_sum is not None else empty()
+    grad_pos = pos_sum.to(pos_embed_dtype).unsqueeze(0) if pos_sum is not None else empty()
+    return (grad_x if grad_x is not None else empty()), grad_mask, grad_pos
+
+
+def _unshuffle_backward_torch(
+    grad_out: torch.Tensor,
+    ids_restore: torch.Tensor,
+    num_visible: int,
+    x_vis_dtype: torch.dtype,
+    mask_token_dtype: torch.dtype,
+    pos_embed_dtype: torch.dtype | None,
+    needs_grad: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PyTorch branch of the backward (and the native kernel's fake)."""
+    width = grad_out.shape[2]
+    grad_x, mask_sum, pos_sum = None, None, None
+    if needs_grad[0]:
+        # scatter the patch rows back to shuffled order (kept tokens first); keep the first K
+        rows = grad_out[:, 1:].to(x_vis_dtype)
+        shuffled = torch.zeros(rows.shape, dtype=rows.dtype, device=grad_out.device)
+        shuffled.scatter_(1, ids_restore.unsqueeze(-1).expand(-1, -1, width), rows)
+        grad_x = torch.cat([grad_out[:, :1].to(x_vis_dtype), shuffled[:, :num_visible]], dim=1)
+    if needs_grad[1]:
+        masked = (ids_restore >= num_visible).unsqueeze(-1)
+        mask_sum = torch.where(masked, grad_out[:, 1:].to(torch.float32), 0.0).sum(dim=(0, 1))
+    if needs_grad[2] and pos_embed_dtype is not None:
+        pos_sum = grad_out.to(torch.float32).sum(dim=0)
+    return _backward_outputs(grad_out, grad_x, mask_sum, pos_sum, mask_token_dtype, pos_embed_dtype)
 
 
 @triton_op("fastmae::unshuffle_with_mask_token_backward", mutates_args=())
@@ -222,70 +263,53 @@ def _unshuffle_backward_op(
     pos_embed_dtype: torch.dtype | None,
     needs_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (grad_out, ids_restore, num_visible, x_vis_dtype, mask_token_dtype, pos_embed_dtype, needs_grad)
+    kernel = kernel_for(grad_out)
+    if kernel == "native":
+        return torch.ops.fastmae_kernels.unshuffle_with_mask_token_backward(*args)
+    if kernel == "torch":
+        return _unshuffle_backward_torch(*args)
     batch, num_rows, width = grad_out.shape
     device = grad_out.device
     need_x, need_mask, need_pos = needs_grad[0], needs_grad[1], needs_grad[2] and pos_embed_dtype is not None
-    if launch_triton(grad_out):
-        samples = min(batch, _BWD_SAMPLES_PER_PROGRAM)
-        chunks = triton.cdiv(batch, samples)
-        row_blocks = triton.cdiv(num_rows, _BWD_BLOCK_ROWS)
-        grad_x = new_output((batch, 1 + num_visible, width), x_vis_dtype, device) if need_x else None
-        mask_partial = new_output((chunks, row_blocks, width), torch.float32, device) if need_mask else None
-        pos_partial = new_output((chunks, num_rows, width), torch.float32, device) if need_pos else None
-        _launch_backward(grad_out, ids_restore, num_visible, grad_x, mask_partial, pos_partial, samples)
-        mask_sum = mask_partial.sum(dim=(0, 1)) if mask_partial is not None else None
-        pos_sum = pos_partial.sum(dim=0) if pos_partial is not None else None
-    else:
-        grad_x, mask_sum, pos_sum = None, None, None
-        if need_x:
-            # scatter the patch rows back to shuffled order (kept tokens first); keep the first K
-            rows = grad_out[:, 1:].to(x_vis_dtype)
-            shuffled = torch.zeros(rows.shape, dtype=rows.dtype, device=device)
-            shuffled.scatter_(1, ids_restore.unsqueeze(-1).expand(-1, -1, width), rows)
-            grad_x = torch.cat([grad_out[:, :1].to(x_vis_dtype), shuffled[:, :num_visible]], dim=1)
-        if need_mask:
-            masked = (ids_restore >= num_visible).unsqueeze(-1)
-            mask_sum = torch.where(masked, grad_out[:, 1:].to(torch.float32), 0.0).sum(dim=(0, 1))
-        if need_pos:
-            pos_sum = grad_out.to(torch.float32).sum(dim=0)
-
-    def empty() -> torch.Tensor:  # a fresh one per unneeded gradient: op outputs must not alias
-        return torch.empty(0, dtype=grad_out.dtype, device=device)
-
-    grad_mask = mask_sum.to(mask_token_dtype).view(1, 1, width) if mask_sum is not None else empty()
-    grad_pos = pos_sum.to(pos_embed_dtype).unsqueeze(0) if pos_sum is not None else empty()
-    return (grad_x if grad_x is not None else empty()), grad_mask, grad_pos
+    samples = min(batch, _BWD_SAMPLES_PER_PROGRAM)
+    chunks = triton.cdiv(batch, samples)
+    row_blocks = triton.cdiv(num_rows, _BWD_BLOCK_ROWS)
+    grad_x = new_output((batch, 1 + num_visible, width), x_vis_dtype, device) if need_x else None
+    mask_partial = new_output((chunks, row_blocks, width), torch.float32, device) if need_mask else None
+    pos_partial = new_output((chunks, num_rows, width), torch.float32, device) if need_pos else None
+    _launch_backward(grad_out, ids_restore, num_visible, grad_x, mask_partial, pos_partial, samples)
+    mask_sum = mask_partial.sum(dim=(0, 1)) if mask_partial is not None else None
+    pos_sum = pos_partial.sum(dim=0) if pos_partial is not None else None
+    return _backward_outputs(grad_out, grad_x, mask_sum, pos_sum, mask_token_dtype, pos_embed_dtype)
 
 
-def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+define_native_kernel(torch.ops.fastmae.unshuffle_with_mask_token, _unshuffle_torch)
+define_native_kernel(torch.ops.fastmae.unshuffle_with_mask_token_backward, _unshuffle_backward_torch)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     x_vis, mask_token, ids_restore, pos_embed = inputs
     ctx.save_for_backward(ids_restore)
     ctx.num_visible = x_vis.shape[1] - 1
     ctx.dtypes = (x_vis.dtype, mask_token.dtype, pos_embed.dtype if pos_embed is not None else None)
 
 
-def backward_through(backward_op):  # type: ignore[no-untyped-def]
-    """The autograd backward of the forward op, calling ``backward_op`` (this file's, or the native twin)."""
-
-    def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
-        (ids_restore,) = ctx.saved_tensors
-        need_x, need_mask, _, need_pos = ctx.needs_input_grad
-        grad_x, grad_mask, grad_pos = backward_op(
-            grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
-        )
-        return (
-            grad_x if need_x else None,
-            grad_mask if need_mask else None,
-            None,
-            grad_pos if need_pos else None,
-        )
-
-    return backward
+def _backward(ctx, grad_out):  # type: ignore[no-untyped-def]
+    (ids_restore,) = ctx.saved_tensors
+    need_x, need_mask, _, need_pos = ctx.needs_input_grad
+    grad_x, grad_mask, grad_pos = torch.ops.fastmae.unshuffle_with_mask_token_backward(
+        grad_out, ids_restore, ctx.num_visible, *ctx.dtypes, [need_x, need_mask, need_pos]
+    )
+    return (
+        grad_x if need_x else None,
+        grad_mask if need_mask else None,
+        None,
+        grad_pos if need_pos else None,
+    )
 
 
-_unshuffle_op.register_autograd(
-    backward_through(torch.ops.fastmae.unshuffle_with_mask_token_backward), setup_context=setup_context
-)
+_unshuffle_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------
@@ -343,4 +367,4 @@ def unshuffle_with_mask_token(
     _check_inputs(x_vis, mask_token, ids_restore, pos_embed)
     if debug_value_checks():
         check_id_values(ids_restore, ids_restore.shape[1], "ids_restore")
-    return resolve_op("unshuffle_with_mask_token", x_vis.device)(x_vis, mask_token, ids_restore, pos_embed)
+    return torch.ops.fastmae.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)

@@ -1,7 +1,7 @@
 // CPU masked_mse_loss and its backward.
 //
 // Rows: a full pred (B,L,D) with mask (B,L) (row l weighs mask[b,l]*w_b), or a removed-only pred (B,L-K,D)
-// with ids_restore (B,L) (row r is patch ids_shuffle[b,K+r] and weighs w_b); w = sample_weight or 1.
+// with ids_removed (B,L-K) (row r is patch ids_removed[b,r], ids_shuffle[b,K+r], and weighs w_b); w = sample_weight or 1.
 // loss = sum_rows weight * mean_d (pred - target)^2 / sum_rows weight, a float32 scalar. The target row is
 // read from the pixels in patchify order ((t*ph+i)*pw+j)*C+c, or from an explicit target (B,L,D); with
 // norm_pix it is (t - mean) / sqrt(var_unbiased + eps). Sums are accumulated in double (one rounding at the
@@ -23,10 +23,7 @@ namespace fastmae_native {
 namespace {
 
 // Everything the row loops need, checked and made contiguous once.
-struct LossLayout {
-  int64_t batch = 0, length = 0, rows = 0, dim = 0;
-  bool removed_only = false, pixels = false;
-  PatchGeometry geo{};
+struct LossLayout : LossShape {
   at::Tensor pred, source;                 // contiguous
   std::vector<int64_t> patch_of_row;       // (B*rows) patch index of every pred row
   std::vector<double> row_weight;          // (B*rows)
@@ -34,73 +31,25 @@ struct LossLayout {
 };
 
 LossLayout make_layout(const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-                       const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+                       const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
                        const std::optional<at::Tensor>& target, const std::optional<at::Tensor>& sample_weight,
                        at::IntArrayRef patch_size, bool norm_pix) {
   LossLayout lay;
-  TORCH_CHECK_VALUE(pred.dim() == 3, "pred must have shape (B, L, D) or (B, L-K, D), got ", pred.sizes());
-  check_float_dtype(pred, "pred");
-  TORCH_CHECK_VALUE(imgs.has_value() != target.has_value(), "pass exactly one of imgs and target");
-  lay.batch = pred.size(0);
-  lay.rows = pred.size(1);
-  lay.dim = pred.size(2);
-  lay.pixels = imgs.has_value();
-  const at::Tensor& source = lay.pixels ? *imgs : *target;
-  check_float_dtype(source, lay.pixels ? "imgs" : "target");
-  TORCH_CHECK_VALUE(source.device() == pred.device(), "imgs/target must be on ", pred.device());
-  if (lay.pixels) {
-    lay.geo = patch_geometry(source.sizes(), patch_size, "imgs");
-    lay.length = lay.geo.num_patches();
-    TORCH_CHECK_VALUE(lay.dim == lay.geo.patch_dim(), "pred last dim must be prod(patch_size) * C = ",
-                      lay.geo.patch_dim(), ", got ", lay.dim);
-  } else {
-    TORCH_CHECK_VALUE(source.dim() == 3 && source.size(0) == lay.batch && source.size(2) == lay.dim,
-                      "target must have shape (B, L, D) = (", lay.batch, ", L, ", lay.dim, "), got ", source.sizes());
-    lay.length = source.size(1);
-  }
-  TORCH_CHECK_VALUE(source.size(0) == lay.batch, "imgs/target batch ", source.size(0), " != pred batch ", lay.batch);
-  TORCH_CHECK_VALUE(!norm_pix || lay.dim >= 2, "norm_pix needs D >= 2, got ", lay.dim);
-  lay.removed_only = lay.rows < lay.length;
-  TORCH_CHECK_VALUE(lay.rows >= 1 && lay.rows <= lay.length, "pred must have L = ", lay.length,
-                    " rows (full) or 1..L-1 rows (removed-only), got ", lay.rows);
-  if (lay.removed_only) {
-    TORCH_CHECK_VALUE(ids_restore.has_value() && !mask.has_value(),
-                      "a removed-only pred takes ids_restore (and no mask)");
-  } else {
-    TORCH_CHECK_VALUE(mask.has_value() && !ids_restore.has_value(), "a full pred takes mask (and no ids_restore)");
-  }
-
+  static_cast<LossShape&>(lay) =
+      check_loss_shapes(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   std::vector<double> weight_of_sample(lay.batch, 1.0);
   if (sample_weight.has_value()) {
-    TORCH_CHECK_VALUE(sample_weight->dim() == 1 && sample_weight->size(0) == lay.batch,
-                      "sample_weight must have shape (", lay.batch, ",), got ", sample_weight->sizes());
     const at::Tensor w = sample_weight->to(at::kDouble).contiguous();
     std::copy_n(w.const_data_ptr<double>(), lay.batch, weight_of_sample.begin());
   }
   lay.patch_of_row.resize(lay.batch * lay.rows);
   lay.row_weight.resize(lay.batch * lay.rows);
   if (lay.removed_only) {
-    TORCH_CHECK_TYPE(ids_restore->scalar_type() == at::kLong || ids_restore->scalar_type() == at::kInt,
-                     "ids_restore must be int64 or int32, got ", ids_restore->scalar_type());
-    TORCH_CHECK_VALUE(ids_restore->dim() == 2 && ids_restore->size(0) == lay.batch &&
-                          ids_restore->size(1) == lay.length,
-                      "ids_restore must have shape (", lay.batch, ", ", lay.length, "), got ", ids_restore->sizes());
-    const at::Tensor ids = ids_restore->to(at::kLong).contiguous();
-    check_permutation_rows_cpu(ids, "ids_restore");
-    const int64_t* id = ids.const_data_ptr<int64_t>();
-    const int64_t first_removed = lay.length - lay.rows;  // K
-    for (int64_t b = 0; b < lay.batch; ++b) {
-      for (int64_t l = 0; l < lay.length; ++l) {
-        const int64_t position = id[b * lay.length + l];  // this patch's place in the shuffle
-        if (position >= first_removed) {
-          lay.patch_of_row[b * lay.rows + position - first_removed] = l;
-          lay.row_weight[b * lay.rows + position - first_removed] = weight_of_sample[b];
-        }
-      }
-    }
+    const at::Tensor ids = ids_removed->to(at::kLong).contiguous();
+    check_distinct_rows_cpu(ids, lay.length, "ids_removed");
+    std::copy_n(ids.const_data_ptr<int64_t>(), lay.batch * lay.rows, lay.patch_of_row.begin());
+    for (int64_t n = 0; n < lay.batch * lay.rows; ++n) lay.row_weight[n] = weight_of_sample[n / lay.rows];
   } else {
-    TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == lay.batch && mask->size(1) == lay.length,
-                      "mask must have shape (", lay.batch, ", ", lay.length, "), got ", mask->sizes());
     const at::Tensor m = mask->to(at::kDouble).contiguous();
     const double* md = m.const_data_ptr<double>();
     for (int64_t n = 0; n < lay.batch * lay.rows; ++n) {
@@ -110,7 +59,7 @@ LossLayout make_layout(const at::Tensor& pred, const std::optional<at::Tensor>& 
   }
   for (double w : lay.row_weight) lay.denominator += w;
   lay.pred = pred.contiguous();
-  lay.source = source.contiguous();
+  lay.source = (lay.pixels ? *imgs : *target).contiguous();
   return lay;
 }
 
@@ -183,10 +132,10 @@ double loss_sum(const LossLayout& lay, bool norm_pix, double eps) {
 }
 
 at::Tensor masked_mse_loss_cpu(const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-                               const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+                               const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& target, const std::optional<at::Tensor>& sample_weight,
                                at::IntArrayRef patch_size, bool norm_pix, double eps) {
-  const LossLayout lay = make_layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix);
+  const LossLayout lay = make_layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   double sum = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lay.pred.scalar_type(), "masked_mse_loss_pred", [&] {
     using PT = scalar_t;
@@ -237,21 +186,14 @@ void loss_backward(const LossLayout& lay, bool norm_pix, double eps, double coef
 
 std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-    const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& target, const std::optional<at::Tensor>& sample_weight, at::IntArrayRef patch_size,
     bool norm_pix, double eps, bool source_grad) {
-  const LossLayout lay = make_layout(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix);
+  const LossLayout lay = make_layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must be a scalar, got ", grad_loss.sizes());
   const double coef = 2.0 * grad_loss.to(at::kDouble).item<double>() / (static_cast<double>(lay.dim) * lay.denominator);
   at::Tensor grad_pred = new_output(pred.sizes(), pred.options());
-  at::Tensor grad_source;
-  if (!source_grad) {
-    grad_source = at::empty({0}, lay.source.options());
-  } else if (lay.removed_only) {  // kept patches are never visited: their gradient is zero
-    grad_source = at::zeros(lay.source.sizes(), lay.source.options());
-  } else {
-    grad_source = new_output(lay.source.sizes(), lay.source.options());
-  }
+  at::Tensor grad_source = loss_source_grad(lay, lay.source, source_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lay.pred.scalar_type(), "masked_mse_bwd_pred", [&] {
     using PT = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lay.source.scalar_type(), "masked_mse_bwd_src", [&] {
@@ -263,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmae_native, CPU, m) {
+TORCH_LIBRARY_IMPL(fastmae_kernels, CPU, m) {
   m.impl("masked_mse_loss", &masked_mse_loss_cpu);
   m.impl("masked_mse_loss_backward", &masked_mse_loss_backward_cpu);
 }

@@ -19,6 +19,14 @@
 namespace fastmae_native {
 namespace {
 
+// -0.0 becomes +0.0 on the way back into the image, as autograd's zeros + scatter_add gives (bitwise equal
+// gradients); for every float format the negative zero is the sign bit alone.
+template <typename Bits>
+inline Bits positive_zero(Bits v) {
+  constexpr Bits kNegativeZero = Bits(1) << (sizeof(Bits) * 8 - 1);
+  return v == kNegativeZero ? Bits(0) : v;
+}
+
 // Copies one patch between the image (channel planes) and its channel-last row.
 // kChans > 0 fixes C at compile time (1 and 3 are the common cases); 0 reads it from g.
 template <typename Bits, int kChans, bool kToPatch>
@@ -33,7 +41,7 @@ void copy_patch(const PatchGeometry& g, Bits* image, Bits* patch) {
         if constexpr (kToPatch) {
           std::memcpy(patch_row, img_row, g.pw * sizeof(Bits));
         } else {
-          std::memcpy(img_row, patch_row, g.pw * sizeof(Bits));
+          for (int64_t j = 0; j < g.pw; ++j) img_row[j] = positive_zero(patch_row[j]);
         }
         continue;
       }
@@ -42,7 +50,7 @@ void copy_patch(const PatchGeometry& g, Bits* image, Bits* patch) {
           if constexpr (kToPatch) {
             patch_row[j * chans + c] = img_row[c * cstride + j];
           } else {
-            img_row[c * cstride + j] = patch_row[j * chans + c];
+            img_row[c * cstride + j] = positive_zero(patch_row[j * chans + c]);
           }
         }
       }
@@ -161,7 +169,7 @@ at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad, const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmae_native, CPU, m) {
+TORCH_LIBRARY_IMPL(fastmae_kernels, CPU, m) {
   m.impl("patchify_gather", &patchify_gather_cpu);
   m.impl("patchify_gather_backward", &patchify_gather_backward_cpu);
 }

@@ -88,7 +88,7 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
                                          const at::Tensor& ids_restore, const std::optional<at::Tensor>& pos_embed) {
   check_unshuffle_inputs(x_vis, mask_token, ids_restore, pos_embed);
   const at::Tensor ids = ids_restore.contiguous();
-  check_permutation_rows_cpu(ids, "ids_restore");
+  check_distinct_rows_cpu(ids, ids.size(1), "ids_restore");
   const auto out_dtype =
       pos_embed.has_value() ? c10::promoteTypes(x_vis.scalar_type(), pos_embed->scalar_type()) : x_vis.scalar_type();
   const at::Tensor x = x_vis.contiguous();
@@ -156,11 +156,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
   const bool need_x = needs_grad_raw.get(0), need_mask = needs_grad_raw.get(1);
   const bool need_pos = needs_grad_raw.get(2) && pos_embed_dtype.has_value();
   const at::Tensor ids = ids_restore.contiguous();
-  check_permutation_rows_cpu(ids, "ids_restore");
+  check_distinct_rows_cpu(ids, ids.size(1), "ids_restore");
   const at::Tensor grad = grad_out.contiguous();  // the gradient of a .sum() arrives with stride 0
   const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2);
   const at::Tensor empty = at::empty({0}, grad.options());
-  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype)) : empty;
+  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
+                             : at::empty({0}, grad.options());  // fresh: op outputs must not alias
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   const auto f32 = grad.options().dtype(at::kFloat);
   at::Tensor mask_partials = need_mask ? at::zeros({tasks, width}, f32) : empty;
@@ -173,14 +174,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
                                             need_pos ? pos_sum.mutable_data_ptr<float>() : nullptr);
     });
   });
-  at::Tensor grad_mask = need_mask ? mask_partials.sum(0).to(mask_token_dtype).view({1, 1, width}) : empty;
-  at::Tensor grad_pos = need_pos ? pos_sum.to(*pos_embed_dtype).unsqueeze(0) : empty;
+  at::Tensor grad_mask = need_mask ? mask_partials.sum(0).to(mask_token_dtype).view({1, 1, width})
+                                 : at::empty({0}, grad.options());
+  at::Tensor grad_pos = need_pos ? pos_sum.to(*pos_embed_dtype).unsqueeze(0) : at::empty({0}, grad.options());
   return {grad_x, grad_mask, grad_pos};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmae_native, CPU, m) {
+TORCH_LIBRARY_IMPL(fastmae_kernels, CPU, m) {
   m.impl("unshuffle_with_mask_token", &unshuffle_with_mask_token_cpu);
   m.impl("unshuffle_with_mask_token_backward", &unshuffle_with_mask_token_backward_cpu);
 }

@@ -138,6 +138,10 @@ __global__ void invert_keep_kernel(const int64_t* __restrict__ ids_keep, int64_t
   if (n < batch * keep) slot_of_patch[(n / keep) * length + ids_keep[n]] = n % keep;
 }
 
+// -0.0 becomes +0.0 (x + 0 in IEEE arithmetic), as autograd's zeros + scatter_add gives: bitwise equal gradients.
+template <typename T>
+__device__ __forceinline__ T positive_zero(T x) { return from_op<T>(to_op(x) + 0.0f); }
+
 // Backward scatter: one block per patch of the image (grid.x = B*L); kept patches take their
 // gradient row, removed ones zeros, so every element is written exactly once (no memset).
 template <typename T, bool VEC_ROWS, bool VEC_IN>
@@ -171,10 +175,10 @@ __global__ void patchify_scatter_kernel(const T* __restrict__ grad, const int64_
     if constexpr (VEC_ROWS) {
       Pack<T, V> pack;
 #pragma unroll
-      for (int e = 0; e < V; ++e) pack.v[e] = slot >= 0 ? staged[base + e * g.chans] : from_op<T>(0.0f);
+      for (int e = 0; e < V; ++e) pack.v[e] = slot >= 0 ? positive_zero(staged[base + e * g.chans]) : from_op<T>(0.0f);
       store_pack<T, V>(row + j, pack);
     } else {
-      row[j] = slot >= 0 ? staged[base] : from_op<T>(0.0f);
+      row[j] = slot >= 0 ? positive_zero(staged[base]) : from_op<T>(0.0f);
     }
   }
 }

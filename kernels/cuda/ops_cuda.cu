@@ -1,4 +1,4 @@
-// CUDA implementations of the fastmae_native ops: checks, block sizes and launches of the kernels in
+// CUDA kernels of the fastmae_kernels ops: checks, block sizes and launches of the kernels in
 // kernels.cuh on the current stream. Same semantics and checks as kernels/cpu/*.cpp; the id-value checks
 // (a device sync) run only with FASTMAE_DEBUG=1. Built only when torch has CUDA and nvcc is found.
 #include <ATen/ATen.h>
@@ -207,13 +207,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
   const at::Tensor grad = grad_out.contiguous();  // the gradient of a .sum() arrives with stride 0
   const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2), length = rows - 1;
   const at::Tensor empty = at::empty({0}, grad.options());
-  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype)) : empty;
+  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
+                             : at::empty({0}, grad.options());  // fresh: op outputs must not alias
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t reduce_blocks = (rows + fastmae_cuda::kReduceRows - 1) / fastmae_cuda::kReduceRows;
   const auto f32 = grad.options().dtype(at::kFloat);
   at::Tensor mask_partials = need_mask ? at::empty({reduce_blocks, width}, f32) : empty;
   at::Tensor pos_sum = need_pos ? at::empty({rows, width}, f32) : empty;
-  if (grad.numel() == 0) return {grad_x, empty, empty};
+  if (grad.numel() == 0) {  // nothing to reduce: the sums asked for are zeros
+    return {grad_x,
+            need_mask ? at::zeros({1, 1, width}, grad.options().dtype(mask_token_dtype)) : at::empty({0}, grad.options()),
+            need_pos ? at::zeros({1, rows, width}, grad.options().dtype(*pos_embed_dtype)) : at::empty({0}, grad.options())};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "unshuffle_bwd_cuda", [&] {
     using GS = scalar_t;
     using GT = typename CudaType<GS>::type;
@@ -246,74 +251,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  at::Tensor grad_mask = need_mask ? mask_partials.sum(0).to(mask_token_dtype).view({1, 1, width}) : empty;
-  at::Tensor grad_pos = need_pos ? pos_sum.to(*pos_embed_dtype).unsqueeze(0) : empty;
+  at::Tensor grad_mask = need_mask ? mask_partials.sum(0).to(mask_token_dtype).view({1, 1, width})
+                                 : at::empty({0}, grad.options());
+  at::Tensor grad_pos = need_pos ? pos_sum.to(*pos_embed_dtype).unsqueeze(0) : at::empty({0}, grad.options());
   return {grad_x, grad_mask, grad_pos};
 }
 
 // ----------------------------------------------------------------------------------- masked_mse_loss
 constexpr int kLossThreads = 256;
 
-struct LossCall {
-  int64_t batch = 0, length = 0, rows = 0, dim = 0;
-  bool pixels = false;
-  PatchGeometry geo{};
+struct LossCall : LossShape {
   at::Tensor pred, source, patch_of_row, row_weight;  // patch_of_row undefined for a full pred
 };
 
 // Shape checks as on the CPU; the per-row inputs are built with device ops (no sync).
 LossCall make_call(const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-                   const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+                   const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
                    const std::optional<at::Tensor>& target, const std::optional<at::Tensor>& sample_weight,
                    at::IntArrayRef patch_size, bool norm_pix) {
   LossCall call;
-  TORCH_CHECK_VALUE(pred.dim() == 3, "pred must have shape (B, L, D) or (B, L-K, D), got ", pred.sizes());
-  check_float_dtype(pred, "pred");
-  TORCH_CHECK_VALUE(imgs.has_value() != target.has_value(), "pass exactly one of imgs and target");
-  call.batch = pred.size(0);
-  call.rows = pred.size(1);
-  call.dim = pred.size(2);
-  call.pixels = imgs.has_value();
-  const at::Tensor& source = call.pixels ? *imgs : *target;
-  check_float_dtype(source, call.pixels ? "imgs" : "target");
-  if (call.pixels) {
-    call.geo = patch_geometry(source.sizes(), patch_size, "imgs");
-    call.length = call.geo.num_patches();
-    TORCH_CHECK_VALUE(call.dim == call.geo.patch_dim(), "pred last dim must be prod(patch_size) * C = ",
-                      call.geo.patch_dim(), ", got ", call.dim);
-  } else {
-    TORCH_CHECK_VALUE(source.dim() == 3 && source.size(0) == call.batch && source.size(2) == call.dim,
-                      "target must have shape (B, L, D), got ", source.sizes());
-    call.length = source.size(1);
-  }
-  TORCH_CHECK_VALUE(!norm_pix || call.dim >= 2, "norm_pix needs D >= 2, got ", call.dim);
-  TORCH_CHECK_VALUE(call.rows >= 1 && call.rows <= call.length, "pred must have 1..L rows, got ", call.rows);
+  static_cast<LossShape&>(call) =
+      check_loss_shapes(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   TORCH_CHECK_VALUE(call.dim * 4 <= kMaxSharedBytes, "D = ", call.dim, " exceeds the shared-memory row buffer");
   const auto f32 = pred.options().dtype(at::kFloat);
-  const bool removed_only = call.rows < call.length;
-  if (removed_only) {
-    TORCH_CHECK_VALUE(ids_restore.has_value() && !mask.has_value(), "a removed-only pred takes ids_restore");
-    TORCH_CHECK_VALUE(ids_restore->dim() == 2 && ids_restore->size(0) == call.batch &&
-                          ids_restore->size(1) == call.length,
-                      "ids_restore must have shape (", call.batch, ", ", call.length, ")");
-    const at::Tensor ids = ids_restore->to(at::kLong);
-    debug_check_ids(ids, call.length, "ids_restore");
-    const at::Tensor positions = at::arange(call.length, ids.options()).expand({call.batch, call.length});
-    const at::Tensor ids_shuffle = at::empty_like(ids).scatter_(1, ids, positions);
-    call.patch_of_row = ids_shuffle.slice(1, call.length - call.rows).contiguous();
+  if (call.removed_only) {
+    call.patch_of_row = ids_removed->to(at::kLong).contiguous();
+    debug_check_ids(call.patch_of_row, call.length, "ids_removed");
     call.row_weight = sample_weight.has_value()
                           ? sample_weight->to(at::kFloat).unsqueeze(1).expand({call.batch, call.rows}).contiguous()
                           : at::ones({call.batch, call.rows}, f32);
   } else {
-    TORCH_CHECK_VALUE(mask.has_value() && !ids_restore.has_value(), "a full pred takes mask (and no ids_restore)");
-    TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == call.batch && mask->size(1) == call.length,
-                      "mask must have shape (", call.batch, ", ", call.length, ")");
     at::Tensor weight = mask->to(at::kFloat);
     if (sample_weight.has_value()) weight = weight * sample_weight->to(at::kFloat).unsqueeze(1);
     call.row_weight = weight.contiguous();
   }
   call.pred = pred.contiguous();
-  call.source = source.contiguous();
+  call.source = (call.pixels ? *imgs : *target).contiguous();
   return call;
 }
 
@@ -329,12 +302,12 @@ fastmae_cuda::LossRows loss_rows(const LossCall& call) {
 }
 
 at::Tensor masked_mse_loss_cuda(const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-                                const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+                                const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
                                 const std::optional<at::Tensor>& target,
                                 const std::optional<at::Tensor>& sample_weight, at::IntArrayRef patch_size,
                                 bool norm_pix, double eps) {
   const c10::cuda::CUDAGuard guard(pred.device());
-  const LossCall call = make_call(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix);
+  const LossCall call = make_call(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   at::Tensor row_loss = new_output({call.batch * call.rows}, pred.options().dtype(at::kFloat));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t smem = call.dim * static_cast<int64_t>(sizeof(float));
@@ -361,24 +334,17 @@ at::Tensor masked_mse_loss_cuda(const at::Tensor& pred, const std::optional<at::
 
 std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& pred, const std::optional<at::Tensor>& imgs,
-    const std::optional<at::Tensor>& ids_restore, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& ids_removed, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& target, const std::optional<at::Tensor>& sample_weight, at::IntArrayRef patch_size,
     bool norm_pix, double eps, bool source_grad) {
   const c10::cuda::CUDAGuard guard(pred.device());
-  const LossCall call = make_call(pred, imgs, ids_restore, mask, target, sample_weight, patch_size, norm_pix);
+  const LossCall call = make_call(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must be a scalar, got ", grad_loss.sizes());
   const at::Tensor coef =
       (grad_loss.to(at::kFloat).reshape({1}) * 2.0 / (static_cast<double>(call.dim) * call.row_weight.sum()))
           .contiguous();
   at::Tensor grad_pred = new_output(pred.sizes(), pred.options());
-  at::Tensor grad_source;
-  if (!source_grad) {
-    grad_source = at::empty({0}, call.source.options());
-  } else if (call.patch_of_row.defined()) {  // kept patches are never visited: their gradient is zero
-    grad_source = at::zeros(call.source.sizes(), call.source.options());
-  } else {
-    grad_source = new_output(call.source.sizes(), call.source.options());
-  }
+  at::Tensor grad_source = loss_source_grad(call, call.source, source_grad);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t smem = call.dim * static_cast<int64_t>(sizeof(float));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.pred.scalar_type(), "masked_mse_bwd_cuda_pred", [&] {
@@ -402,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmae_native, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastmae_kernels, CUDA, m) {
   m.impl("patchify_gather", &patchify_gather_cuda);
   m.impl("patchify_gather_backward", &patchify_gather_backward_cuda);
   m.impl("unshuffle_with_mask_token", &unshuffle_with_mask_token_cuda);
