@@ -154,27 +154,19 @@ def _layout(
     else:
         raise ValueError(f"pred must have L = {num_patches} rows (full) or 1..L-1 rows (removed-only), got {rows}")
 
-    if ids_restore is not None:
-        check_tensor(ids_restore, "ids_restore")
-        if ids_restore.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"ids_restore must be int64 or int32, got {ids_restore.dtype}")
-        if tuple(ids_restore.shape) != (batch, num_patches):
-            raise ValueError(
-                f"ids_restore must have shape (B, L) = ({batch}, {num_patches}), got {tuple(ids_restore.shape)}"
-            )
-        if not same_device(ids_restore.device, pred.device):
-            raise ValueError(f"ids_restore must be on {pred.device} like pred, got {ids_restore.device}")
-    if ids_removed is not None:
-        check_tensor(ids_removed, "ids_removed")
-        if ids_removed.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"ids_removed must be int64 or int32, got {ids_removed.dtype}")
-        if tuple(ids_removed.shape) != (batch, rows):
-            raise ValueError(
-                f"ids_removed must have shape (B, L-K) = ({batch}, {rows}) like pred's rows, got "
-                f"{tuple(ids_removed.shape)}"
-            )
-        if not same_device(ids_removed.device, pred.device):
-            raise ValueError(f"ids_removed must be on {pred.device} like pred, got {ids_removed.device}")
+    for name, ids, shape, shape_name in (
+        ("ids_restore", ids_restore, (batch, num_patches), "(B, L)"),
+        ("ids_removed", ids_removed, (batch, rows), "(B, L-K)"),
+    ):
+        if ids is None:
+            continue
+        check_tensor(ids, name)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be int64 or int32, got {ids.dtype}")
+        if tuple(ids.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape_name} = {shape}, got {tuple(ids.shape)}")
+        if not same_device(ids.device, pred.device):
+            raise ValueError(f"{name} must be on {pred.device} like pred, got {ids.device}")
     if mask is not None:
         check_tensor(mask, "mask")
         if tuple(mask.shape) != (batch, num_patches):
