@@ -18,7 +18,7 @@ import torch
 from fastmae.bench.flops import mae_train_flops_per_image
 from fastmae.bench.providers import PROVIDERS, build_step
 from fastmae.bench.timing import matmul_peak_tflops, median, peak_memory_bytes, reset_peak_memory, time_calls
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
 
 
 def _free(device: torch.device) -> None:
