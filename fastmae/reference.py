@@ -1,10 +1,13 @@
 """Plain-PyTorch Masked Autoencoder with the official semantics.
 
-This module is fastmae's test oracle and the benchmark baseline. It re-implements the
-behaviour described in shared/MAE_SPEC.md (the published MAE and its official PyTorch
-release) for clarity, not speed: every step of the algorithm is spelled out, with the
-official parameter names, shapes, order and initialisation, so its state dicts load
-into and from official checkpoints and fastmae's own model.
+This module is fastmae's test oracle and the benchmark baseline, and nothing else: only the
+tests and the benchmarks (``fastmae.bench``, ``benchmarks/``) import it, never the models,
+trainer or data layer (``tests/test_layering.py`` checks). It re-implements the published
+MAE and its official PyTorch release for clarity, not speed: every step of the algorithm
+(masking, patchify, the blocks, the decoder input, the loss, the initialisation) is spelled
+out here, with the official parameter names, shapes and order, so its state dicts load into
+and from official checkpoints and fastmae's own model. From fastmae it reads only plain facts:
+the input checks and the registry of :mod:`fastmae.models.configs` (sizes, defaults, eps).
 
 Shapes: N batch, C channels, (H, W) image, p patch size, (gh, gw) = (H/p, W/p) patch
 grid, L = gh*gw patches, K = int(L*(1-mask_ratio)) kept, D encoder width, d decoder

@@ -20,10 +20,9 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self.img_size = img_size
-        self.patch_size = (patch_size, patch_size)
-        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        gh, gw = img_size[0] // patch_size, img_size[1] // patch_size
+        self.img_size, self.patch_size = img_size, (patch_size, patch_size)
+        self.grid_size, self.num_patches = (gh, gw), gh * gw
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -77,11 +76,10 @@ def init_mae_weights(model: nn.Module) -> None:
     nn.init.xavier_uniform_(conv_weight.view(conv_weight.shape[0], -1))
     for token in (model.cls_token, model.mask_token):
         nn.init.normal_(token, std=0.02)
-    for module in model.modules():  # the same leaf order as the official ``apply``
+    for module in model.modules():  # the same leaf order as the official ``apply``: the same draws
         if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            nn.init.xavier_uniform_(module.weight)  # the only random draw of the loop
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
             nn.init.zeros_(module.bias)
