@@ -28,6 +28,7 @@ from fastmae.bench.loader import measure
 from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
 from fastmae.data import make_dataset
+from fastmae.data.epoch import LOADER_BACKENDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up one")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    parser.add_argument("--backends", nargs="+", default=["torch", "dali"], choices=["torch", "dali"])
+    parser.add_argument("--backends", nargs="+", default=list(LOADER_BACKENDS), choices=LOADER_BACKENDS)
     parser.add_argument("--bf16", action="store_true")
     add_out_argument(parser, "loader")
     args = parser.parse_args(argv)

@@ -130,17 +130,6 @@ def build_patchify_gather(size: Size, device: torch.device, dtype: torch.dtype) 
     )
 
 
-def reference_decoder_input(
-    x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor
-) -> torch.Tensor:
-    """The reference decoder between decoder_embed and its blocks: cat, gather, cat, + pos embed."""
-    n, length = ids_restore.shape
-    mask_tokens = mask_token.expand(n, length + 1 - x.shape[1], -1)
-    x_ = torch.cat([x[:, 1:, :], mask_tokens.to(x.dtype)], dim=1)
-    x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    return torch.cat([x[:, :1, :], x_], dim=1) + pos_embed
-
-
 def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
     """Bytes: fwd reads x_vis, ids, pos embed, mask token, writes (B,1+L,d) in the promoted dtype; bwd reads
     grad_out and ids, writes grad x_vis and grad mask_token (the pos embed is frozen, as in MAE)."""
@@ -156,7 +145,7 @@ def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: tor
     args = (x_vis, mask_token, ids_restore, pos_embed)
     return Case(
         "unshuffle_with_mask_token",
-        Implementation(reference_decoder_input, args, (x_vis, mask_token)),
+        Implementation(reference.decoder_input, args, (x_vis, mask_token)),
         Implementation(unshuffle_with_mask_token, args, (x_vis, mask_token)),
         bytes_fwd=b * (1 + k) * d * elem + b * length * INDEX_BYTES + (2 + length) * d * PARAM_BYTES
         + b * (1 + length) * d * out_elem,

@@ -13,39 +13,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastmae.bench.providers import PROVIDERS
 from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
 from fastmae.bench.timing import pick_device
-from fastmae.bench.train_step import largest_batch, run
-
-GPU_MODELS = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14")
-CPU_MODELS = ("mae_vit_test", "mae_vit_tiny")
+from fastmae.bench.train_step import (
+    STEP_BENCH_DEFAULTS,
+    add_step_bench_arguments,
+    largest_batch,
+    run_with_defaults,
+    step_bench_defaults,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=None)
-    parser.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 4 on CPU")
-    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    gpu, cpu = STEP_BENCH_DEFAULTS["cuda"], STEP_BENCH_DEFAULTS["cpu"]
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"default: {' '.join(gpu.models)} on CUDA, {' '.join(cpu.models)} on CPU")
+    parser.add_argument("--batch", type=int, default=None, help=f"default: {gpu.batch} on CUDA, {cpu.batch} on CPU")
+    add_step_bench_arguments(parser)
     parser.add_argument("--max-batch", action="store_true", help="also find each provider's largest batch (CUDA)")
-    parser.add_argument("--device", default=None)
     add_out_argument(parser, "train_step")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
-    models = args.models or (GPU_MODELS if on_gpu else CPU_MODELS)
-    rows = run(
-        models, args.batch or (128 if on_gpu else 4), device, providers=args.providers,
-        warmup=args.warmup if args.warmup is not None else (5 if on_gpu else 1),
-        iters=args.iters if args.iters is not None else (20 if on_gpu else 2),
-        repeats=args.repeats, compile_model=args.compile,
-    )
+    models = args.models or step_bench_defaults(device).models
+    rows = run_with_defaults(args, models, args.batch, device)
     if args.max_batch and on_gpu:
         rows += [largest_batch(p, m, device, compile_model=args.compile is not False)
                  for m in models for p in args.providers]

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from fastmae.bench.providers import PROVIDERS, build_step
 from fastmae.bench.timing import pick_device
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """Plain-PyTorch Masked Autoencoder with the official semantics.
 
-This module is fastmae's test oracle and the benchmark baseline. It re-implements the
-behaviour described in shared/MAE_SPEC.md (the published MAE and its official PyTorch
-release) for clarity, not speed: every step of the algorithm is spelled out, with the
-official parameter names, shapes, order and initialisation, so its state dicts load
-into and from official checkpoints and fastmae's own model.
+This module is fastmae's test oracle and the benchmark baseline, and nothing else: only the
+tests and the benchmarks (``fastmae.bench``, ``benchmarks/``) import it, never the models,
+trainer or data layer (``tests/test_layering.py`` checks). It re-implements the published
+MAE and its official PyTorch release for clarity, not speed: every step of the algorithm
+(masking, patchify, the blocks, the decoder input, the loss, the initialisation) is spelled
+out here, with the official parameter names, shapes and order, so its state dicts load into
+and from official checkpoints and fastmae's own model. From fastmae it reads only plain facts:
+the input checks and the registry of :mod:`fastmae.models.configs` (sizes, defaults, eps).
 
 Shapes: N batch, C channels, (H, W) image, p patch size, (gh, gw) = (H/p, W/p) patch
 grid, L = gh*gw patches, K = int(L*(1-mask_ratio)) kept, D encoder width, d decoder
@@ -13,9 +16,7 @@ width.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,9 +25,10 @@ from torch import nn
 
 from fastmae._validation import check_images, check_mask_ratio, check_noise, num_kept, pair
 
+# plain facts of the registry (sizes, defaults, eps): the algorithm below is written out here
+from fastmae.models.configs import LAYER_NORM_EPS, MAE_DEFAULTS, MODEL_NAMES, NORM_PIX_EPS, model_config, named_factory
+
 AttnImpl = Literal["math", "sdpa"]
-LAYER_NORM_EPS = 1e-6
-NORM_PIX_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------
@@ -99,6 +101,23 @@ def random_masking(
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return x_masked, mask, ids_restore
+
+
+def decoder_input(
+    x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
+) -> torch.Tensor:
+    """The decoder's input, between decoder_embed and its blocks: cat, unshuffle (gather), cat, + pos.
+
+    x (N, 1+K, d) cls first then the visible tokens in shuffled order, mask_token (1, 1, d),
+    ids_restore (N, L), pos_embed (1, 1+L, d) or None -> (N, 1+L, d); the mask token is cast
+    to x's dtype first, the positional embedding added with type promotion.
+    """
+    n, length = ids_restore.shape
+    mask_tokens = mask_token.expand(n, length + 1 - x.shape[1], -1)
+    x_ = torch.cat([x[:, 1:, :], mask_tokens.to(x.dtype)], dim=1)
+    x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    x = torch.cat([x[:, :1, :], x_], dim=1)
+    return x + pos_embed if pos_embed is not None else x
 
 
 def mae_loss(
@@ -198,49 +217,43 @@ class MaskedAutoencoderViT(nn.Module):
         -> loss (scalar), pred (N, L, p*p*C), mask (N, L) with 1 = removed.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = False,
-        attn_impl: AttnImpl = "math",
-    ) -> None:
+    def __init__(self, attn_impl: AttnImpl = "math", **config: Any) -> None:
+        """``config``: architecture arguments, the keys of ``MAE_DEFAULTS`` (img_size, patch_size,
+        in_chans, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads,
+        mlp_ratio, norm_pix_loss); those not given keep the official defaults."""
         super().__init__()
-        img_hw = pair(img_size, "img_size")
-        check_images(torch.empty(0, in_chans, *img_hw, device="meta"), (patch_size, patch_size), name="img_size")
+        unknown = sorted(set(config) - set(MAE_DEFAULTS))
+        if unknown:
+            raise TypeError(f"unknown MaskedAutoencoderViT arguments: {', '.join(unknown)}")
+        cfg = {**MAE_DEFAULTS, **config}
+        img_hw = pair(cfg["img_size"], "img_size")
+        p, chans, dim, dec_dim = cfg["patch_size"], cfg["in_chans"], cfg["embed_dim"], cfg["decoder_embed_dim"]
+        check_images(torch.empty(0, chans, *img_hw, device="meta"), (p, p), name="img_size")
         self.img_size = img_hw
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
+        self.patch_size = p
+        self.in_chans = chans
+        self.norm_pix_loss = cfg["norm_pix_loss"]
 
         # encoder
-        self.patch_embed = PatchEmbed(img_hw, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_hw, p, chans, dim)
         self.grid_size = self.patch_embed.grid_size
         num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, attn_impl) for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg["num_heads"], cfg["mlp_ratio"], attn_impl) for _ in range(cfg["depth"])
+        )
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
         # decoder
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
-        )
+        self.decoder_embed = nn.Linear(dim, dec_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dec_dim), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, attn_impl) for _ in range(decoder_depth)
+            Block(dec_dim, cfg["decoder_num_heads"], cfg["mlp_ratio"], attn_impl) for _ in range(cfg["decoder_depth"])
         )
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=LAYER_NORM_EPS)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans, bias=True)
+        self.decoder_norm = nn.LayerNorm(dec_dim, eps=LAYER_NORM_EPS)
+        self.decoder_pred = nn.Linear(dec_dim, p * p * chans, bias=True)
 
         self.initialize_weights()
 
@@ -293,12 +306,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (N, 1+K, D), ids_restore (N, L) -> pred (N, L, p*p*C)."""
-        x = self.decoder_embed(latent)
-        n, length = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, length + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens.to(x.dtype)], dim=1)
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        x = decoder_input(self.decoder_embed(latent), self.mask_token, ids_restore, self.decoder_pos_embed)
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_pred(self.decoder_norm(x))
@@ -318,102 +326,26 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Factories
+# Factories (names and sizes: fastmae.models.configs)
 # --------------------------------------------------------------------------------------
-MODEL_CONFIGS: dict[str, dict[str, int]] = {
-    "mae_vit_base_patch16_dec512d8b": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "mae_vit_large_patch16_dec512d8b": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "mae_vit_huge_patch14_dec512d8b": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
-    # small sizes for tests and the CPU demo (not official)
-    "mae_vit_tiny_patch8_dec64d2b": dict(
-        img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3,
-        decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
-    ),
-    "mae_vit_test_patch4": dict(
-        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-    ),
-}
-MODEL_ALIASES: dict[str, str] = {
-    "mae_vit_base_patch16": "mae_vit_base_patch16_dec512d8b",
-    "mae_vit_large_patch16": "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_huge_patch14": "mae_vit_huge_patch14_dec512d8b",
-    "mae_vit_tiny": "mae_vit_tiny_patch8_dec64d2b",
-    "mae_vit_test": "mae_vit_test_patch4",
-}
-
-
-def resolve_model_name(name: str) -> str:
-    """Official or short model name -> the official (canonical) name."""
-    name = MODEL_ALIASES.get(name, name)
-    if name not in MODEL_CONFIGS:
-        known = ", ".join(sorted([*MODEL_CONFIGS, *MODEL_ALIASES]))
-        raise ValueError(f"unknown model {name!r}; known models: {known}")
-    return name
-
-
-def model_config(name: str, **overrides: object) -> dict[str, object]:
-    """The constructor keyword arguments of a named model, with overrides applied."""
-    config: dict[str, object] = dict(MODEL_CONFIGS[resolve_model_name(name)])
-    config.update(overrides)
-    return config
-
-
 def create_reference_model(name: str, **overrides: object) -> MaskedAutoencoderViT:
     """Build a reference MAE by official or short name (e.g. ``"mae_vit_base_patch16"``)."""
-    return MaskedAutoencoderViT(**model_config(name, **overrides))  # type: ignore[arg-type]
+    return MaskedAutoencoderViT(**model_config(name, **overrides))
 
 
-def full_model_config(name: str, **overrides: object) -> dict[str, object]:
-    """Every constructor argument of a named model: its config over the constructor's defaults."""
-    params = inspect.signature(MaskedAutoencoderViT.__init__).parameters
-    config = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    config.update(model_config(name, **overrides))
-    return config
-
-
-def named_factory(create: Callable[..., nn.Module], name: str, description: str) -> Callable[..., nn.Module]:
-    """A factory function called ``name`` that builds ``create(name, **overrides)``."""
-
-    def build(**overrides: object) -> nn.Module:
-        return create(name, **overrides)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"{description} ``{name}`` (keyword arguments override its configuration)."
-    return build
-
-
-def _factory(name: str) -> Callable[..., nn.Module]:
-    return named_factory(create_reference_model, name, "Reference")
-
-
-mae_vit_base_patch16_dec512d8b = _factory("mae_vit_base_patch16_dec512d8b")
-mae_vit_large_patch16_dec512d8b = _factory("mae_vit_large_patch16_dec512d8b")
-mae_vit_huge_patch14_dec512d8b = _factory("mae_vit_huge_patch14_dec512d8b")
-mae_vit_tiny_patch8_dec64d2b = _factory("mae_vit_tiny_patch8_dec64d2b")
-mae_vit_base_patch16 = mae_vit_base_patch16_dec512d8b
-mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b
-mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b
+# one factory per registry name (``reference.mae_vit_base_patch16()`` and so on)
+FACTORIES: dict[str, Any] = {name: named_factory(create_reference_model, name, "Reference") for name in MODEL_NAMES}
+globals().update(FACTORIES)
 
 __all__ = [
-    "MODEL_ALIASES",
-    "MODEL_CONFIGS",
+    "FACTORIES",
     "MaskedAutoencoderViT",
     "create_reference_model",
-    "full_model_config",
+    "decoder_input",
     "mae_loss",
-    "mae_vit_base_patch16",
-    "mae_vit_base_patch16_dec512d8b",
-    "mae_vit_huge_patch14",
-    "mae_vit_huge_patch14_dec512d8b",
-    "mae_vit_large_patch16",
-    "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_tiny_patch8_dec64d2b",
-    "model_config",
-    "named_factory",
     "patchify",
     "random_masking",
-    "resolve_model_name",
     "sincos_2d_pos_embed",
     "unpatchify",
+    *MODEL_NAMES,
 ]

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from fastmae.data import IMAGENET_MEAN, IMAGENET_STD, build_loader, make_dataset
+from fastmae.data.epoch import LOADER_BACKENDS
 from fastmae.data.files import FileSet, epoch_order, write_file_list
 from fastmae.data.transforms import random_resized_crop_window
 
 pytest.importorskip("PIL")
-BACKENDS = ["torch", "dali"]
+BACKENDS = list(LOADER_BACKENDS)
 
 
 def _needs(backend: str) -> None:

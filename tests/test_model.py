@@ -137,19 +137,24 @@ def _compiled_step(model, backend):
     return step
 
 
+def _assert_compiled_step_matches_reference(fast, reference, compile_backend: str, batch: int) -> None:
+    """One compiled forward + backward of ``fast`` against the eager reference: mask, loss and grads."""
+    imgs, noise = make_inputs(fast, batch)
+    loss, mask = _compiled_step(fast, compile_backend)(imgs, noise)
+    ref_loss, _, ref_mask = reference(imgs, 0.75, noise=noise)
+    ref_loss.backward()
+    assert torch.equal(mask, ref_mask)
+    assert_close_rel(loss, ref_loss, "loss")
+    assert_grads_close(fast, reference)
+
+
 @pytest.mark.parametrize("backend", ["auto", "math"])
 def test_compiled_fullgraph_matches_reference(backend, device):
     """forward + backward traces with fullgraph=True (aot_eager) and agrees with the eager reference."""
     torch._dynamo.reset()
     fast, reference = make_pair("two_rows", device=device, norm_pix_loss=True, attn_backend=backend)
     fast.set_grad_checkpointing(backend == "math")
-    imgs, noise = make_inputs(fast, 3)
-    loss, mask = _compiled_step(fast, "aot_eager")(imgs, noise)
-    ref_loss, _, ref_mask = reference(imgs, 0.75, noise=noise)
-    ref_loss.backward()
-    assert torch.equal(mask, ref_mask)
-    assert_close_rel(loss, ref_loss, "loss")
-    assert_grads_close(fast, reference)
+    _assert_compiled_step_matches_reference(fast, reference, "aot_eager", batch=3)
 
 
 def test_compiled_random_noise_and_return_pred(device):
@@ -171,13 +176,7 @@ def test_inductor_compile_matches_reference(device):
     """The one inductor compile of this file: tiny model, forward + backward, fullgraph."""
     torch._dynamo.reset()
     fast, reference = make_pair(device=device, norm_pix_loss=True, depth=1)
-    imgs, noise = make_inputs(fast, 2)
-    loss, mask = _compiled_step(fast, "inductor")(imgs, noise)
-    ref_loss, _, ref_mask = reference(imgs, 0.75, noise=noise)
-    ref_loss.backward()
-    assert torch.equal(mask, ref_mask)
-    assert_close_rel(loss, ref_loss, "loss")
-    assert_grads_close(fast, reference)
+    _assert_compiled_step_matches_reference(fast, reference, "inductor", batch=2)
 
 
 # ------------------------------------------------------------------------------ Triton kernels compose

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ from model_testing import assert_close_rel, make_inputs, make_pair
 
 import fastmae.models as models
 from fastmae.models import MaskedAutoencoderViT, create_model, list_models, load_official_checkpoint
-from fastmae.reference import MODEL_ALIASES, MODEL_CONFIGS, create_reference_model
+from fastmae.models.configs import MAE_DEFAULTS, MODEL_ALIASES, MODEL_CONFIGS
+from fastmae.reference import create_reference_model
 
 # from shared/MAE_SPEC.md: (total parameters, trainable parameters, state-dict keys)
 OFFICIAL_SIZES = {
@@ -52,6 +54,14 @@ def test_factories_cover_official_names_aliases_and_test_sizes():
     assert create_model("mae_vit_test", attn_backend="auto").attn_backend == "sdpa"
     with pytest.raises(ValueError, match="unknown model"):
         create_model("mae_vit_gigantic")
+
+
+def test_constructor_defaults_are_the_registry_defaults():
+    """The fast model's typed signature spells out MAE_DEFAULTS (which the reference and full_model_config read)."""
+    params = inspect.signature(MaskedAutoencoderViT.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k in MAE_DEFAULTS}
+    assert defaults == MAE_DEFAULTS
+    assert set(params) - set(MAE_DEFAULTS) == {"self", "attn_backend"}
 
 
 # ------------------------------------------------------------------------------ state dicts

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fastmae import reference as R
+from fastmae.models.configs import MODEL_ALIASES, model_config
 
 SPEC_COUNTS = {
     # name: (total params, trainable params, state-dict keys)
@@ -30,8 +31,8 @@ def test_parameter_counts_match_spec(name: str) -> None:
 
 
 def test_official_and_short_names_build_the_same_config() -> None:
-    for short, official in R.MODEL_ALIASES.items():
-        assert R.model_config(short) == R.model_config(official)
+    for short, official in MODEL_ALIASES.items():
+        assert model_config(short) == model_config(official)
     with pytest.raises(ValueError, match="unknown model 'mae_vit_giant'"):
         R.create_reference_model("mae_vit_giant")
 

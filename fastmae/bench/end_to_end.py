@@ -19,7 +19,7 @@ import torch
 from fastmae.bench.providers import build_step
 from fastmae.bench.timing import synchronize
 from fastmae.data import build_loader, make_dataset
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
 
 DATA_BOUND_SHARE = 0.10  # more than 10% of the wall time waiting for data: the loader is the bottleneck
 

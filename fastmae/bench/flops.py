@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastmae._validation import num_kept, pair
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
 
 
 def _transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> int:

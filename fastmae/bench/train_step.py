@@ -8,17 +8,68 @@ in the same run.
 
 from __future__ import annotations
 
+import argparse
 import gc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
 from fastmae.bench.flops import mae_train_flops_per_image
-from fastmae.bench.providers import PROVIDERS, build_step
+from fastmae.bench.providers import PROVIDERS, REFERENCE_PROVIDERS, build_step
 from fastmae.bench.timing import matmul_peak_tflops, median, peak_memory_bytes, reset_peak_memory, time_calls
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
+
+
+@dataclass(frozen=True)
+class StepBenchDefaults:
+    """What a train-step benchmark runs on a kind of device when its flags leave it open."""
+
+    models: tuple[str, ...]
+    batch: int
+    warmup: int
+    iters: int
+
+
+# `fastmae bench` (one model: the first) and benchmarks/bench_train_step.py (all of them) share these
+STEP_BENCH_DEFAULTS: dict[str, StepBenchDefaults] = {
+    "cuda": StepBenchDefaults(("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"),
+                              batch=128, warmup=5, iters=20),
+    "cpu": StepBenchDefaults(("mae_vit_tiny", "mae_vit_test"), batch=4, warmup=1, iters=2),
+}
+
+
+def step_bench_defaults(device: torch.device) -> StepBenchDefaults:
+    return STEP_BENCH_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+
+
+def add_step_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both train-step CLIs take (--providers --warmup --iters --repeats --compile --device);
+    None means the device's :data:`STEP_BENCH_DEFAULTS`."""
+    gpu, cpu = STEP_BENCH_DEFAULTS["cuda"], STEP_BENCH_DEFAULTS["cpu"]
+    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help=f"untimed steps per provider (default {gpu.warmup} CUDA, {cpu.warmup} CPU)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help=f"timed steps per provider (default {gpu.iters} CUDA, {cpu.iters} CPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="repetitions, provider order alternating")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the compiled providers (default: on CUDA only)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+
+
+def run_with_defaults(args: argparse.Namespace, models: Sequence[str], batch: int | None,
+                      device: torch.device) -> list[dict[str, Any]]:
+    """:func:`run` with the flags of :func:`add_step_bench_arguments`, filling what they leave open."""
+    defaults = step_bench_defaults(device)
+    return run(
+        models, batch or defaults.batch, device, providers=args.providers,
+        warmup=args.warmup if args.warmup is not None else defaults.warmup,
+        iters=args.iters if args.iters is not None else defaults.iters,
+        repeats=args.repeats, compile_model=args.compile,
+    )
 
 
 def _free(device: torch.device) -> None:
@@ -103,7 +154,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     """fastmae's speed and memory relative to each reference provider, per model."""
     by_key = {(r["model"], r["provider"]): r for r in rows}
     for row in rows:
-        for ref in ("reference-published", "reference-modern"):
+        for ref in REFERENCE_PROVIDERS:
             other = by_key.get((row["model"], ref))
             if other is None:
                 continue

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fastmae.data.epoch import EpochLoader, LoaderConfig
 from fastmae.data.files import FileSet
-from fastmae.data.loader import EpochLoader, LoaderConfig
 
 INSTALL_HINT = (
     "the DALI backend needs NVIDIA DALI: pip install nvidia-dali-cuda130 (CUDA 13) or nvidia-dali-cuda120 "

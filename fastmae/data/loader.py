@@ -1,104 +1,19 @@
-"""``build_loader``: the one entry point of the data layer, and what both backends share."""
+"""``build_loader``: the one entry point of the data layer (what both backends share: :mod:`fastmae.data.epoch`)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
 from fastmae._validation import pair
 from fastmae.data import IMAGENET_MEAN, IMAGENET_STD
-from fastmae.data.files import FileSet, epoch_order, resolve_files, steps_per_epoch
+from fastmae.data.epoch import LOADER_BACKENDS, EpochLoader, LoaderConfig
+from fastmae.data.files import resolve_files
 
 MAE_CROP_SCALE = (0.2, 1.0)
 MAE_CROP_RATIO = (3 / 4, 4 / 3)
-BACKENDS = ("torch", "dali")
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """Everything that fixes which pixels a loader produces (validated by :func:`build_loader`)."""
-
-    batch_size: int
-    input_size: tuple[int, int]
-    device: torch.device
-    rank: int
-    world_size: int
-    seed: int
-    dtype: torch.dtype
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: tuple[float, float]
-    ratio: tuple[float, float]
-    flip_prob: float
-    num_threads: int
-    prefetch: int
-
-
-class EpochLoader:
-    """Common part of both backends: epoch bookkeeping, the file order and normalisation.
-
-    ``set_epoch(epoch, start_step=0)`` picks the epoch; the next iteration yields batches
-    ``start_step .. len(self)-1`` of it (so ``len(self) - start_step`` batches), then start_step
-    resets to 0. Like ``DistributedSampler``, iterating again without ``set_epoch`` repeats the epoch.
-    """
-
-    backend = ""
-
-    def __init__(self, files: FileSet, config: LoaderConfig):
-        self.files = files
-        self.config = config
-        self.steps = steps_per_epoch(len(files), config.batch_size, config.world_size)
-        self.epoch = 0
-        self.start_step = 0
-        shape = (1, 3, 1, 1)
-        self._mean255 = torch.tensor(config.mean, device=config.device).mul(255).view(shape)
-        self._std255 = torch.tensor(config.std, device=config.device).mul(255).view(shape)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        if (
-            isinstance(start_step, bool)
-            or not isinstance(start_step, int)
-            or not 0 <= start_step <= self.steps
-        ):
-            raise ValueError(f"start_step must be an int in [0, {self.steps}], got {start_step!r}")
-        self.epoch = epoch
-        self.start_step = start_step
-
-    def batch_indices(self) -> list[list[int]]:
-        """File indices of the batches the next iteration reads (current epoch, from start_step)."""
-        cfg = self.config
-        order = epoch_order(
-            len(self.files),
-            cfg.batch_size,
-            seed=cfg.seed,
-            epoch=self.epoch,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-        )
-        return order[self.start_step :].tolist()
-
-    def normalize(self, images_nhwc_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 (any device) -> (B, 3, H, W) normalised ``dtype`` on the training device."""
-        images = images_nhwc_uint8.to(self.config.device, non_blocking=True).permute(0, 3, 1, 2)
-        # the same arithmetic as DALI's crop_mirror_normalize: (x - 255 mean) / (255 std) in fp32
-        images = (images.float() - self._mean255) / self._std255
-        return images.to(self.config.dtype).contiguous()
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.batch_indices()
-        self.start_step = 0
-        return self._iterate(batches)
-
-    def _iterate(self, batches: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -166,8 +81,8 @@ def build_loader(
         (MAE: (0.2, 1.0), (3/4, 4/3), 0.5).
     hw_decoder_load: DALI on GPU only: share of JPEGs sent to the hardware decoder (A100/H100).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in LOADER_BACKENDS:
+        raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
     if drop_last is not True:
         raise ValueError("drop_last must be True: training batches all have the same size")
     if num_threads is not None and num_workers is not None and num_threads != num_workers:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fastmae.data.epoch import EpochLoader, LoaderConfig
 from fastmae.data.files import FileSet
-from fastmae.data.loader import EpochLoader, LoaderConfig
 from fastmae.data.transforms import crop_resize_flip
 
 # a sample is addressed by (file index, epoch, position of the sample in this rank's epoch)

@@ -1,40 +1,49 @@
 """fastmae's fast MAE models: ``MaskedAutoencoderViT``, factories by official name or short alias,
-and official-checkpoint loading. State dicts are interchangeable with :mod:`fastmae.reference`."""
+and official-checkpoint loading. State dicts are interchangeable with :mod:`fastmae.reference`.
 
-from fastmae.models.attention import ATTN_BACKENDS
-from fastmae.models.factory import (
-    CheckpointLoad,
-    create_model,
-    list_models,
-    load_official_checkpoint,
-    mae_vit_base_patch16,
-    mae_vit_base_patch16_dec512d8b,
-    mae_vit_huge_patch14,
-    mae_vit_huge_patch14_dec512d8b,
-    mae_vit_large_patch16,
-    mae_vit_large_patch16_dec512d8b,
-    mae_vit_test,
-    mae_vit_test_patch4,
-    mae_vit_tiny,
-    mae_vit_tiny_patch8_dec64d2b,
-)
-from fastmae.models.mae import MaskedAutoencoderViT
+Imported lazily: ``import fastmae.models.configs`` (the registry, which the reference reads) does
+not load the model or its ops. One factory per name of :data:`fastmae.models.configs.MODEL_NAMES`
+(``fastmae.models.mae_vit_base_patch16(...)``) comes from that registry.
+"""
 
-__all__ = [
-    "ATTN_BACKENDS",
-    "CheckpointLoad",
-    "MaskedAutoencoderViT",
-    "create_model",
-    "list_models",
-    "load_official_checkpoint",
-    "mae_vit_base_patch16",
-    "mae_vit_base_patch16_dec512d8b",
-    "mae_vit_huge_patch14",
-    "mae_vit_huge_patch14_dec512d8b",
-    "mae_vit_large_patch16",
-    "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_test",
-    "mae_vit_test_patch4",
-    "mae_vit_tiny",
-    "mae_vit_tiny_patch8_dec64d2b",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fastmae.models.configs import MODEL_NAMES
+
+if TYPE_CHECKING:  # what editors and type checkers see of the lazy names below
+    from fastmae.models.attention import ATTN_BACKENDS as ATTN_BACKENDS
+    from fastmae.models.factory import CheckpointLoad as CheckpointLoad
+    from fastmae.models.factory import create_model as create_model
+    from fastmae.models.factory import list_models as list_models
+    from fastmae.models.factory import load_official_checkpoint as load_official_checkpoint
+    from fastmae.models.mae import MaskedAutoencoderViT as MaskedAutoencoderViT
+
+# public name -> module under fastmae.models that defines it
+_EXPORTS: dict[str, str] = {
+    "ATTN_BACKENDS": "attention",
+    "CheckpointLoad": "factory",
+    "MaskedAutoencoderViT": "mae",
+    "create_model": "factory",
+    "list_models": "factory",
+    "load_official_checkpoint": "factory",
+}
+
+__all__ = sorted([*_EXPORTS, *MODEL_NAMES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in MODEL_NAMES:
+        value = importlib.import_module("fastmae.models.factory").FACTORIES[name]
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f"fastmae.models.{_EXPORTS[name]}"), name)
+    else:
+        raise AttributeError(f"module 'fastmae.models' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

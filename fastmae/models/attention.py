@@ -19,13 +19,13 @@ Layouts: :func:`attention` takes q, k, v as (N, heads, L, hd) (the SDPA layout) 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 AttnBackend = Literal["auto", "sdpa", "xformers", "math"]
-ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
+ATTN_BACKENDS: tuple[str, ...] = get_args(AttnBackend)
 
 
 def resolve_attn_backend(attn_backend: str) -> str:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmae.models.attention import attention
-from fastmae.reference import LAYER_NORM_EPS, Mlp
+from fastmae.models.configs import LAYER_NORM_EPS
+from fastmae.models.layers import Mlp
 
 
 class LayerNorm(nn.LayerNorm):

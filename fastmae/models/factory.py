@@ -9,13 +9,13 @@ from typing import NamedTuple
 
 import torch
 
+from fastmae.models.configs import MODEL_NAMES, model_config, named_factory
 from fastmae.models.mae import MaskedAutoencoderViT
-from fastmae.reference import MODEL_ALIASES, MODEL_CONFIGS, model_config, named_factory
 
 
 def list_models() -> list[str]:
     """Every accepted model name: official names and short aliases."""
-    return sorted([*MODEL_CONFIGS, *MODEL_ALIASES])
+    return list(MODEL_NAMES)
 
 
 def create_model(name: str, **overrides: object) -> MaskedAutoencoderViT:
@@ -24,20 +24,10 @@ def create_model(name: str, **overrides: object) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(**model_config(name, **overrides))  # type: ignore[arg-type]
 
 
-def _factory(name: str) -> Callable[..., MaskedAutoencoderViT]:
-    return named_factory(create_model, name, "Fast")  # type: ignore[return-value]
-
-
-mae_vit_base_patch16_dec512d8b = _factory("mae_vit_base_patch16_dec512d8b")
-mae_vit_large_patch16_dec512d8b = _factory("mae_vit_large_patch16_dec512d8b")
-mae_vit_huge_patch14_dec512d8b = _factory("mae_vit_huge_patch14_dec512d8b")
-mae_vit_tiny_patch8_dec64d2b = _factory("mae_vit_tiny_patch8_dec64d2b")
-mae_vit_test_patch4 = _factory("mae_vit_test_patch4")
-mae_vit_base_patch16 = _factory("mae_vit_base_patch16")
-mae_vit_large_patch16 = _factory("mae_vit_large_patch16")
-mae_vit_huge_patch14 = _factory("mae_vit_huge_patch14")
-mae_vit_tiny = _factory("mae_vit_tiny")
-mae_vit_test = _factory("mae_vit_test")
+# one factory per registry name (``fastmae.models.mae_vit_base_patch16()`` and so on)
+FACTORIES: dict[str, Callable[..., MaskedAutoencoderViT]] = {
+    name: named_factory(create_model, name, "Fast") for name in MODEL_NAMES
+}
 
 
 class CheckpointLoad(NamedTuple):

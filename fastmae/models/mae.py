@@ -23,11 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastmae import reference
 from fastmae._validation import check_images, num_kept, pair
 from fastmae.models.attention import AttnBackend, resolve_attn_backend
 from fastmae.models.blocks import Block, LayerNorm
-from fastmae.ops import masked_mse_loss, patchify_gather, random_masking, unshuffle_with_mask_token
+from fastmae.models.configs import LAYER_NORM_EPS
+from fastmae.models.layers import PatchEmbed, init_mae_weights
+from fastmae.ops import (
+    masked_mse_loss,
+    patchify,
+    patchify_gather,
+    random_masking,
+    unpatchify,
+    unshuffle_with_mask_token,
+)
 
 
 def _gather_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -41,10 +49,6 @@ class MaskedAutoencoderViT(nn.Module):
     forward(imgs (N, C, H, W), mask_ratio, noise (N, L) or None, return_pred)
         -> loss (float32 scalar), pred (N, L, p*p*C) or None, mask (N, L) float32 with 1 = removed.
     """
-
-    # the reference's init, reused as is: same rules, same order of random draws
-    initialize_weights = reference.MaskedAutoencoderViT.initialize_weights
-    _init_module = staticmethod(reference.MaskedAutoencoderViT._init_module)
 
     def __init__(
         self,
@@ -73,13 +77,13 @@ class MaskedAutoencoderViT(nn.Module):
         self.grad_checkpointing = False
 
         # encoder (construction order = the reference's, so a seed draws the same values)
-        self.patch_embed = reference.PatchEmbed(img_hw, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_hw, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, backend) for _ in range(depth))
-        self.norm = LayerNorm(embed_dim, eps=reference.LAYER_NORM_EPS)
+        self.norm = LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
 
         # decoder
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
@@ -88,10 +92,14 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, backend) for _ in range(decoder_depth)
         )
-        self.decoder_norm = LayerNorm(decoder_embed_dim, eps=reference.LAYER_NORM_EPS)
+        self.decoder_norm = LayerNorm(decoder_embed_dim, eps=LAYER_NORM_EPS)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans, bias=True)
 
         self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The official initialisation (same rules and order of random draws as the reference)."""
+        init_mae_weights(self)
 
     # ---------------------------------------------------------------------------------- properties
     @property
@@ -108,11 +116,11 @@ class MaskedAutoencoderViT(nn.Module):
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C), the official patch order."""
-        return reference.patchify(imgs, self.patch_size)
+        return patchify(imgs, self.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, L, p*p*C) -> (N, C, H, W)."""
-        return reference.unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights with the official / timm ViT names (cls_token, pos_embed, patch_embed.*,

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("bf16", "fp16", "fp32")
-LOADERS = ("dali", "torch", "synthetic")
-ATTN_BACKENDS = ("auto", "sdpa", "xformers", "math")
+from fastmae.data.epoch import LOADER_BACKENDS
+from fastmae.models.attention import ATTN_BACKENDS
+from fastmae.train.precision import AUTOCAST_DTYPES, PRECISIONS
+
+LOADERS = (*LOADER_BACKENDS, "synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +85,7 @@ class Settings:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return AUTOCAST_DTYPES[self.precision]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastmae.models import MaskedAutoencoderViT, create_model
-from fastmae.reference import full_model_config
+from fastmae.models.configs import full_model_config
 
 
 def build_model(name: str, *, attn_backend: str = "auto", norm_pix_loss: bool = False,

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastmae.train.precision import autocast_dtype
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss."""
@@ -161,14 +163,12 @@ def build_train_step(model_name: str, *, device: torch.device | str, precision: 
     from fastmae.train.modeling import build_model
     from fastmae.train.optim import build_optimizer
 
-    precisions = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if precision not in precisions:
-        raise ValueError(f"precision must be one of {', '.join(precisions)}, got {precision!r}")
+    dtype = autocast_dtype(precision)
     device = torch.device(device)
     model = build_model(model_name, attn_backend=attn_backend, norm_pix_loss=norm_pix_loss).to(device)
     optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
     train_step = TrainStep(model, optimizer, num_patches=model.num_patches, mask_ratio=mask_ratio, accum_iter=1,
-                           device=device, autocast_dtype=precisions[precision], compile=compile_model,
+                           device=device, autocast_dtype=dtype, compile=compile_model,
                            compile_backend=compile_backend, seed=seed)
     steps_done = 0
 

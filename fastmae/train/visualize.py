@@ -21,7 +21,8 @@ from torch import nn
 
 from fastmae.data import IMAGENET_MEAN, IMAGENET_STD
 from fastmae.models import load_official_checkpoint
-from fastmae.reference import NORM_PIX_EPS, patchify, unpatchify
+from fastmae.models.configs import NORM_PIX_EPS
+from fastmae.ops import patchify, unpatchify
 from fastmae.train import checkpoint as ckpt
 from fastmae.train.modeling import build_model, default_img_size
 
