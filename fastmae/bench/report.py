@@ -21,6 +21,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                    "speedup_vs_reference-published", "speedup_vs_reference-modern",
                    "mem_ratio_vs_reference-published"),
     "max_batch": ("model", "provider", "batch", "fits", "img_per_s", "peak_mem_bytes"),
+    "memory": ("model", "provider", "batch", "precision", "recompute", "activation_bytes",
+               "act[autocast weight copies]", "act_ratio_vs_reference-published",
+               "act_ratio_excl_copies_vs_reference-published", "peak_bytes"),
+    "memory_max_batch": ("model", "provider", "gpu", "batch", "precision", "recompute", "activation_bytes",
+                         "peak_bytes"),
     "end_to_end": ("model", "provider", "loader", "batch", "num_workers", "img_per_s", "compute_img_per_s",
                    "data_wait_share", "data_bound", "speedup_vs_reference-modern"),
 }
