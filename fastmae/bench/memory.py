@@ -353,12 +353,14 @@ def largest_batch(tracer: StepTracer, capacity: int, *, headroom: float = DEFAUL
             lo, step = hi, step * 2
             hi = lo + step
     else:
-        hi, lo = guess, guess - 1
-        while lo >= 1 and not fits_at(lo):
+        hi = guess
+        while True:
+            if hi == 1:
+                return 0, None
+            lo = max(1, hi - step)
+            if fits_at(lo):
+                break
             hi, step = lo, step * 2
-            lo = max(0, hi - step)
-        if lo < 1:
-            return 0, None
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits_at(mid) else (lo, mid)
