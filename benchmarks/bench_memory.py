@@ -15,8 +15,8 @@ import torch
 
 from fastmae.bench.memory import GPU_MEMORY_BYTES, StepTracer, largest_batch
 from fastmae.bench.providers import PROVIDERS
-from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
-from fastmae.bench.report import COLUMNS
+from fastmae.bench.record import add_out_argument
+from fastmae.bench.report import publish_rows
 from fastmae.models.recompute import RECOMPUTE_MODES
 
 MODELS = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14")
@@ -61,14 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append({**memory.row(), "bench": "memory_max_batch", "gpu": gpu})
             print(f"traced {model} {provider} recompute={recompute}", file=sys.stderr, flush=True)
     _add_ratios(rows)
-    env = environment(torch.device("cpu"), argv)
-    rows = [{**env, **row} for row in rows]
-    append_jsonl(rows, args.out)
-    for kind in ("memory", "memory_max_batch"):
-        kind_rows = [r for r in rows if r["bench"] == kind]
-        if kind_rows:
-            print(markdown_table(kind_rows, COLUMNS[kind]))
-    print(f"{len(rows)} rows appended to {args.out}")
+    publish_rows(rows, torch.device("cpu"), argv, args.out, ("memory", "memory_max_batch"))
     return 0
 
 
