@@ -2,7 +2,8 @@
 
     python benchmarks/bench_memory.py                    # ViT-B/L/H at batch 256, ViT-H at 128, largest ViT-H on 80 GB
 
-Traced on the CPU under FakeTensorMode (``fastmae.bench.memory``): predictions, not GPU measurements.
+Traced on the CPU under FakeTensorMode (``fastmae.bench.memory``; compiled: the min-cut partition's saved
+tensors, ``fastmae.bench.memory_compiled``): predictions, not GPU measurements.
 Writes JSON lines to benchmarks/results/memory.jsonl and prints a markdown table.
 """
 
@@ -14,6 +15,7 @@ import sys
 import torch
 
 from fastmae.bench.memory import GPU_MEMORY_BYTES, StepTracer, largest_batch
+from fastmae.bench.memory_compiled import compiled_saved_bytes
 from fastmae.bench.providers import PROVIDERS
 from fastmae.bench.record import add_out_argument
 from fastmae.bench.report import publish_rows
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[256])
     parser.add_argument("--extra", nargs="*", default=["mae_vit_huge_patch14:128"], help="MODEL:BATCH rows to add")
     parser.add_argument("--fit", nargs="*", default=["mae_vit_huge_patch14:h100"], help="MODEL:GPU largest batches")
+    parser.add_argument("--compiled", nargs="*", default=["reference-modern", "fastmae"], choices=PROVIDERS,
+                        help="providers whose compiled (min-cut partition) saved bytes are added")
     parser.add_argument("--recompute", nargs="+", default=["none", "selective"], choices=RECOMPUTE_MODES)
     add_out_argument(parser, "memory")
     args = parser.parse_args(argv)
@@ -52,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     for model in dict.fromkeys(m for m, _ in cases):
         for provider, recompute in variants:
             tracer = StepTracer(provider, model, recompute=recompute)
-            rows += [tracer.trace(b).row() for m, b in cases if m == model]
+            for batch in [b for m, b in cases if m == model]:
+                row = tracer.trace(batch).row()
+                if provider in args.compiled:
+                    row["compiled_saved_bytes"] = compiled_saved_bytes(provider, model, batch, recompute=recompute)
+                rows.append(row)
             for spec in args.fit:
                 fit_model, gpu = spec.split(":")
                 if fit_model == model:

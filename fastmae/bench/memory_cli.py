@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
                         help="fraction of the GPU memory a step may use (CUDA context, workspaces, fragmentation)")
     parser.add_argument("--fit", action="store_true", help="also find each provider's largest batch that fits")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also report what torch.compile's min-cut partition saves (real parameters in CPU memory)")
     parser.add_argument("--real", action="store_true",
                         help="run on real CPU tensors instead of fake ones (a measurement; small sizes only)")
     parser.add_argument("--out", default=None, help="append the rows as JSON lines to this file")
@@ -87,6 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           "not GPU measurements")
     print(format_table(memories, capacity, args.headroom))
     rows = [m.row() for m in memories]
+    if args.compiled:
+        from fastmae.bench.memory_compiled import compiled_saved_bytes
+
+        for memory, row in zip(memories, rows):
+            row["compiled_saved_bytes"] = compiled_saved_bytes(memory.provider, args.model, args.batch_size,
+                                                               recompute=memory.recompute)
+            print(f"compiled (min-cut partition) {memory.provider}: {row['compiled_saved_bytes'] / _MB:,.1f} MB "
+                  f"saved for backward (eager: {memory.activation_bytes / _MB:,.1f} MB)")
     if args.fit:
         for tracer in tracers:
             batch, memory = largest_batch(tracer, capacity, headroom=args.headroom)

@@ -23,7 +23,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "max_batch": ("model", "provider", "batch", "fits", "img_per_s", "peak_mem_bytes"),
     "memory": ("model", "provider", "batch", "precision", "recompute", "traced", "activation_bytes",
                "act[autocast weight copies]", "act_ratio_vs_reference-published",
-               "act_ratio_excl_copies_vs_reference-published", "peak_bytes"),
+               "act_ratio_excl_copies_vs_reference-published", "compiled_saved_bytes", "peak_bytes"),
     "memory_max_batch": ("model", "provider", "gpu", "batch", "precision", "recompute", "traced", "activation_bytes",
                          "peak_bytes"),
     "end_to_end": ("model", "provider", "loader", "batch", "num_workers", "img_per_s", "compute_img_per_s",
