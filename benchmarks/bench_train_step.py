@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
-from fastmae.bench.report import COLUMNS
+from fastmae.bench.record import add_out_argument
+from fastmae.bench.report import publish_rows
 from fastmae.bench.timing import pick_device
 from fastmae.bench.train_step import (
     STEP_BENCH_DEFAULTS,
@@ -43,14 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_batch and on_gpu:
         rows += [largest_batch(p, m, device, compile_model=args.compile is not False)
                  for m in models for p in args.providers]
-    env = environment(device, argv)
-    rows = [{**env, **row} for row in rows]
-    append_jsonl(rows, args.out)
-    for kind in ("train_step", "max_batch"):
-        kind_rows = [r for r in rows if r["bench"] == kind]
-        if kind_rows:
-            print(markdown_table(kind_rows, COLUMNS[kind]))
-    print(f"{len(rows)} rows appended to {args.out}")
+    publish_rows(rows, device, argv, args.out, ("train_step", "max_batch"))
     return 0
 
 

@@ -86,6 +86,32 @@ def test_forward_features_matches_reference_encoder_without_masking(device):
     assert_close_rel(features, expected, "features")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_recompute_gives_bitwise_the_same_loss_and_grads(mode, dtype, device):
+    """Recomputation replays the same ops on the same inputs: loss and every gradient bit for bit."""
+    results = []
+    for recompute in ("none", mode):
+        torch.manual_seed(0)
+        fast, _ = make_pair(device=device, norm_pix_loss=True)
+        fast.set_recompute(recompute)
+        imgs, noise = make_inputs(fast, 2)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = fast(imgs, 0.75, noise=noise)[0]
+        loss.backward()
+        results.append((loss.detach(), grads(fast)))
+    (loss, plain), (recomputed_loss, recomputed) = results
+    assert torch.equal(loss, recomputed_loss)
+    for name, grad in plain.items():
+        assert torch.equal(grad, recomputed[name]), name
+
+
+def test_set_recompute_rejects_unknown_modes():
+    fast, _ = make_pair()
+    with pytest.raises(ValueError, match="recompute must be one of 'none', 'selective', 'full'"):
+        fast.set_recompute("some")
+
+
 def test_grad_checkpointing_gives_the_same_grads(device):
     fast, reference = make_pair(device=device, norm_pix_loss=True)
     fast.set_grad_checkpointing(True)
@@ -148,12 +174,12 @@ def _assert_compiled_step_matches_reference(fast, reference, compile_backend: st
     assert_grads_close(fast, reference)
 
 
-@pytest.mark.parametrize("backend", ["auto", "math"])
-def test_compiled_fullgraph_matches_reference(backend, device):
+@pytest.mark.parametrize(("backend", "recompute"), [("auto", "selective"), ("math", "full")])
+def test_compiled_fullgraph_matches_reference(backend, recompute, device):
     """forward + backward traces with fullgraph=True (aot_eager) and agrees with the eager reference."""
     torch._dynamo.reset()
     fast, reference = make_pair("two_rows", device=device, norm_pix_loss=True, attn_backend=backend)
-    fast.set_grad_checkpointing(backend == "math")
+    fast.set_recompute(recompute)
     _assert_compiled_step_matches_reference(fast, reference, "aot_eager", batch=3)
 
 

@@ -47,3 +47,28 @@ def mae_forward_flops_per_image(name: str, mask_ratio: float = 0.75, **overrides
 def mae_train_flops_per_image(name: str, mask_ratio: float = 0.75, **overrides: Any) -> int:
     """Training FLOPs per image: three forwards (forward + backward)."""
     return 3 * mae_forward_flops_per_image(name, mask_ratio, **overrides)
+
+
+# elementwise work "selective" recomputation repeats in backward, in FLOPs per element (generous
+# counts: LayerNorm mean, variance, normalise, scale, shift; GELU's erf as a ~14-term evaluation)
+_LAYER_NORM_FLOPS, _GELU_FLOPS, _ADD_FLOPS = 8, 14, 1
+
+
+def _recomputed_block_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> int:
+    hidden = int(width * mlp_ratio)
+    per_token = 2 * _LAYER_NORM_FLOPS * width + _GELU_FLOPS * hidden + 2 * _ADD_FLOPS * width
+    return depth * tokens * per_token
+
+
+def selective_recompute_extra_flops_per_image(name: str, mask_ratio: float = 0.75, **overrides: Any) -> int:
+    """FLOPs that ``recompute="selective"`` adds per training image: the blocks' LayerNorms, GELUs and
+    residual adds (and the head's LayerNorm) once more in backward; no matrix product is repeated."""
+    cfg = full_model_config(name, **overrides)
+    height, width = pair(cfg["img_size"], "img_size")
+    num_patches = (height // cfg["patch_size"]) * (width // cfg["patch_size"])
+    keep = num_kept(num_patches, mask_ratio)
+    return (
+        _recomputed_block_flops(1 + keep, cfg["embed_dim"], cfg["depth"], cfg["mlp_ratio"])
+        + _recomputed_block_flops(1 + num_patches, cfg["decoder_embed_dim"], cfg["decoder_depth"], cfg["mlp_ratio"])
+        + (num_patches - keep) * _LAYER_NORM_FLOPS * cfg["decoder_embed_dim"]
+    )

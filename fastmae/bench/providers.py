@@ -21,6 +21,10 @@ import torch
 
 REFERENCE_PROVIDERS = ("reference-published", "reference-modern")  # the baselines fastmae is compared with
 PROVIDERS = (*REFERENCE_PROVIDERS, "fastmae")
+# what each provider runs on a GPU: attention of the reference model, autocast precision
+REFERENCE_ATTN = {"reference-published": "math", "reference-modern": "sdpa"}
+GPU_PRECISION = {"reference-published": "fp16", "reference-modern": "bf16", "fastmae": "bf16"}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -53,14 +57,11 @@ def _reference_step(
     from fastmae.train.optim import param_groups
 
     published = provider == "reference-published"
-    model = create_reference_model(
-        model_name, attn_impl="math" if published else "sdpa", norm_pix_loss=norm_pix
-    ).to(device)
+    model = create_reference_model(model_name, attn_impl=REFERENCE_ATTN[provider], norm_pix_loss=norm_pix).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=False)
-    if published:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = torch.bfloat16
+    dtype = AUTOCAST_DTYPES[GPU_PRECISION[provider]]
+    if published and device.type != "cuda":
+        dtype = torch.float32  # CPU fp16 matmuls are emulated
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     compiled = compile_model and not published
     forward = torch.compile(model) if compiled else model

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastmae.bench.record import default_results_dir, markdown_table, read_jsonl
+from fastmae.bench.record import append_jsonl, default_results_dir, environment, markdown_table, read_jsonl
 
 ENV_KEYS = ("device", "device_type", "torch", "triton", "cuda", "fastmae", "python", "git_commit", "date",
             "command")
@@ -21,9 +21,27 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                    "speedup_vs_reference-published", "speedup_vs_reference-modern",
                    "mem_ratio_vs_reference-published"),
     "max_batch": ("model", "provider", "batch", "fits", "img_per_s", "peak_mem_bytes"),
+    "memory": ("model", "provider", "batch", "precision", "recompute", "traced", "activation_bytes",
+               "act[autocast weight copies]", "act_ratio_vs_reference-published",
+               "act_ratio_excl_copies_vs_reference-published", "compiled_saved_bytes", "peak_bytes"),
+    "memory_max_batch": ("model", "provider", "gpu", "batch", "precision", "recompute", "traced", "activation_bytes",
+                         "peak_bytes"),
     "end_to_end": ("model", "provider", "loader", "batch", "num_workers", "img_per_s", "compute_img_per_s",
                    "data_wait_share", "data_bound", "speedup_vs_reference-modern"),
 }
+
+
+def publish_rows(rows: Sequence[dict[str, Any]], device: Any, argv: Sequence[str] | None, out: Path,
+                 kinds: Sequence[str]) -> None:
+    """Stamp ``rows`` with the environment, append them to ``out`` and print one table per kind."""
+    env = environment(device, argv)
+    rows = [{**env, **row} for row in rows]
+    append_jsonl(rows, out)
+    for kind in kinds:
+        kind_rows = [r for r in rows if r["bench"] == kind]
+        if kind_rows:
+            print(markdown_table(kind_rows, COLUMNS[kind]))
+    print(f"{len(rows)} rows appended to {out}")
 
 
 def load_rows(results_dir: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ the work done per step:
 - the prediction head and the loss run only on the L-K removed tokens (``masked_mse_loss``): no
   (N, L, p*p*C) prediction or target is materialised in training;
 - attention through SDPA (or xformers / the explicit math), LayerNorm statistics in float32,
-  optional per-block activation checkpointing.
+  optional per-block activation checkpointing or selective recomputation (``set_recompute``).
 
 Shapes: N batch, C channels, (H, W) image, p patch size, L patches, K = int(L*(1-mask_ratio)) kept,
 D encoder width, d decoder width.
@@ -21,13 +21,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fastmae._validation import check_images, num_kept, pair
 from fastmae.models.attention import AttnBackend, resolve_attn_backend
 from fastmae.models.blocks import Block, LayerNorm
 from fastmae.models.configs import LAYER_NORM_EPS
 from fastmae.models.layers import PatchEmbed, init_mae_weights
+from fastmae.models.recompute import check_recompute, run_recomputed
 from fastmae.ops import (
     masked_mse_loss,
     patchify,
@@ -75,6 +75,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.attn_backend = backend
         self.grad_checkpointing = False
+        self.recompute = "none"  # fastmae.models.recompute.RECOMPUTE_MODES
 
         # encoder (construction order = the reference's, so a seed draws the same values)
         self.patch_embed = PatchEmbed(img_hw, patch_size, in_chans, embed_dim)
@@ -114,6 +115,11 @@ class MaskedAutoencoderViT(nn.Module):
         """Recompute each transformer block in backward instead of keeping its activations."""
         self.grad_checkpointing = bool(enable)
 
+    def set_recompute(self, mode: str) -> None:
+        """Activation recomputation of the blocks and the head: "none", "selective" or "full" (see
+        :mod:`fastmae.models.recompute`); ``set_grad_checkpointing(True)`` makes the blocks "full"."""
+        self.recompute = check_recompute(mode)
+
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C), the official patch order."""
         return patchify(imgs, self.patch_size)
@@ -130,9 +136,9 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ---------------------------------------------------------------------------------- pieces
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        mode = "full" if self.grad_checkpointing else self.recompute
         for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+            x = run_recomputed(block, x, mode)
         return x
 
     def _check_inputs(self, imgs: torch.Tensor) -> None:
@@ -203,7 +209,7 @@ class MaskedAutoencoderViT(nn.Module):
         else:
             # decoder_norm and decoder_pred are per token: run them on the removed tokens only
             pred = None
-            pred_removed = self.predict(_gather_rows(features, ids_removed + 1))
+            pred_removed = run_recomputed(self.predict, _gather_rows(features, ids_removed + 1), self.recompute)
         loss = masked_mse_loss(
             pred_removed, imgs, None, [self.patch_size, self.patch_size], norm_pix=self.norm_pix_loss,
             ids_removed=ids_removed,

@@ -67,6 +67,7 @@ class Trainer:
             self.init_note = "random (official init)"
         model.to(self.device)
         model.set_grad_checkpointing(args.grad_checkpointing)
+        model.set_recompute(args.recompute)
         param_dtype = self.settings.autocast_dtype if args.fsdp else None
         self.model = wrap_model(model, world, fsdp=args.fsdp, param_dtype=param_dtype)
         self.optimizer = build_optimizer(self.model if args.fsdp else model, self.settings.lr, args.weight_decay)
@@ -175,6 +176,7 @@ class Trainer:
             "input size": self.input_size,
             "attention": args.attn,
             "grad checkpointing": args.grad_checkpointing,
+            "recompute": args.recompute,
             "sharding": "FSDP2" if args.fsdp else ("DDP" if self.world.size > 1 else "none"),
             "init": self.init_note,
             "steps": f"{self.total_steps} optimizer steps, {self.steps_per_epoch} per epoch",

@@ -154,18 +154,21 @@ class TrainStep:
 def build_train_step(model_name: str, *, device: torch.device | str, precision: str = "bf16",
                      compile_model: bool = True, norm_pix_loss: bool = True, mask_ratio: float = 0.75,
                      lr: float = 1e-4, weight_decay: float = 0.05, attn_backend: str = "auto",
-                     compile_backend: str = "inductor", seed: int = 0) -> Callable[[torch.Tensor], None]:
+                     compile_backend: str = "inductor", seed: int = 0,
+                     recompute: str | None = None) -> Callable[[torch.Tensor], None]:
     """A fresh model + fused AdamW behind ``step(imgs (N, C, H, W))``, one optimizer step per call.
 
     The trainer's step outside the trainer, for benchmarks: same compile, autocast, noise and
-    sync-free update; the loss stays on the device.
+    sync-free update; the loss stays on the device. ``recompute`` None: the trainer's default.
     """
+    from fastmae.models.recompute import DEFAULT_RECOMPUTE
     from fastmae.train.modeling import build_model
     from fastmae.train.optim import build_optimizer
 
     dtype = autocast_dtype(precision)
     device = torch.device(device)
     model = build_model(model_name, attn_backend=attn_backend, norm_pix_loss=norm_pix_loss).to(device)
+    model.set_recompute(DEFAULT_RECOMPUTE if recompute is None else recompute)
     optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
     train_step = TrainStep(model, optimizer, num_patches=model.num_patches, mask_ratio=mask_ratio, accum_iter=1,
                            device=device, autocast_dtype=dtype, compile=compile_model,
