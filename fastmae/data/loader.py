@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class LoaderConfig:
     flip_prob: float
     num_threads: int
     prefetch: int
+    rand_augment: tuple[int, float, float] | None = None  # (ops, magnitude, magnitude std); torch backend only
 
 
 class EpochLoader:
@@ -144,6 +146,7 @@ def build_loader(
     flip_prob: float = 0.5,
     hw_decoder_load: float = 0.65,
     drop_last: bool = True,
+    rand_augment: str | None = None,
 ) -> EpochLoader:
     """A training loader of MAE-augmented, normalised images.
 
@@ -165,6 +168,8 @@ def build_loader(
     scale, ratio, flip_prob: the crop area fraction range, aspect range and flip probability
         (MAE: (0.2, 1.0), (3/4, 4/3), 0.5).
     hw_decoder_load: DALI on GPU only: share of JPEGs sent to the hardware decoder (A100/H100).
+    rand_augment: a RandAugment policy applied after the crop and flip (fine-tuning: "rand-m9-mstd0.5-inc1",
+        see :mod:`fastmae.eval.randaugment`); torch backend only.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -206,6 +211,12 @@ def build_loader(
         num_threads=threads,
         prefetch=_positive_int(prefetch, "prefetch"),
     )
+    if rand_augment is not None:
+        if backend == "dali":
+            raise ValueError("rand_augment: RandAugment runs in the torch loader only (use backend='torch')")
+        from fastmae.eval.randaugment import parse_policy
+
+        config = dataclasses.replace(config, rand_augment=parse_policy(rand_augment))
     if min(config.std) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
     files = resolve_files(data_path, file_list)

@@ -37,6 +37,10 @@ class _AugmentedImages(Dataset):
         pixels = crop_resize_flip(
             self.files.paths[file_index], rng, cfg.input_size, cfg.scale, cfg.ratio, cfg.flip_prob
         )
+        if cfg.rand_augment is not None:
+            from fastmae.eval.randaugment import rand_augment
+
+            pixels = rand_augment(pixels, rng, *cfg.rand_augment)
         return pixels, self.files.labels[file_index]
 
 

@@ -37,10 +37,11 @@ class Preset:
     steps: int
     lr: float
     warmup_epochs: float
+    num_val: int  # held-out images the linear probe is scored on
 
 
-CPU_PRESET = Preset("mae_vit_tiny", 64, 3000, (72, 112), 64, 600, 1.5e-3, 1)
-GPU_PRESET = Preset("mae_vit_base_patch16", 112, 20000, (128, 192), 256, 3000, 1.5e-3, 2)
+CPU_PRESET = Preset("mae_vit_tiny", 64, 3000, (72, 112), 64, 600, 1.5e-3, 1, 600)
+GPU_PRESET = Preset("mae_vit_base_patch16", 112, 20000, (128, 192), 256, 3000, 1.5e-3, 2, 2000)
 
 
 def windowed_means(losses: Sequence[float], window: int = WINDOW) -> tuple[float, float]:
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastmae.data import make_dataset
+    from fastmae.data.synthetic import SHAPE_KINDS, make_labelled_dataset
     from fastmae.train.args import parse_args
     from fastmae.train.pretrain import train
     from fastmae.train.visualize import image_files, load_images, write_reconstructions
@@ -102,10 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(opts.out)
     started = time.perf_counter()
 
-    data_root = out / f"dataset-{num_images}"
-    if not (data_root / "train").is_dir():
-        print(f"writing the embedded dataset: {num_images} synthetic photo-like JPEGs -> {data_root}", flush=True)
-        make_dataset(data_root, num_images, seed=0, image_size=preset.image_size, workers=os.cpu_count() or 1)
+    data_root = out / f"dataset-{num_images}-val{preset.num_val}"
+    if not (data_root / "val").is_dir():
+        print(f"writing the embedded dataset: {num_images} + {preset.num_val} held-out synthetic photo-like JPEGs, "
+              f"labelled by the kind of shape drawn ({', '.join(SHAPE_KINDS)}) -> {data_root}", flush=True)
+        make_labelled_dataset(data_root, num_images, preset.num_val, seed=0, image_size=preset.image_size,
+                              workers=os.cpu_count() or 1)
     made = time.perf_counter()
 
     dali = device.startswith("cuda") and importlib.util.find_spec("nvidia.dali") is not None
