@@ -181,7 +181,7 @@ def parse_policy(policy: str) -> tuple[int, float, float]:
 def rand_augment(pixels: np.ndarray, rng: np.random.Generator, num_ops: int = 2, magnitude: float = 9.0,
                  magnitude_std: float = 0.5, prob: float = 0.5) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W, 3) uint8 with RandAugment applied."""
-    img = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+    img = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()  # a writable copy
     for index in rng.integers(0, len(_NAMES), num_ops):
         if rng.uniform() > prob:
             continue
