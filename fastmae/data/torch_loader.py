@@ -78,6 +78,9 @@ class TorchLoader(EpochLoader):
             pin_memory=config.device.type == "cuda",
             prefetch_factor=config.prefetch if workers > 0 else None,
             persistent_workers=workers > 0,
+            # the DataLoader draws its worker base seed from this generator, not torch's global one, so
+            # starting an epoch leaves the global RNG (drop path, the tests' draws) untouched
+            generator=torch.Generator(),
         )
 
     def _iterate(self, batches: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

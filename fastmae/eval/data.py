@@ -88,7 +88,8 @@ class EvalLoader:
         self.valid[: len(indices)] = True
         self.indices = indices + [indices[0] if indices else 0] * (padded - len(indices))
         self._loader = DataLoader(_Crops(files, input_size, crop_pct), batch_size=batch_size, num_workers=num_workers,
-                                  sampler=self.indices, collate_fn=_collate, pin_memory=device.type == "cuda")
+                                  sampler=self.indices, collate_fn=_collate, pin_memory=device.type == "cuda",
+                                  generator=torch.Generator())  # leaves the global RNG alone
         self.batch_size = batch_size
 
     def __len__(self) -> int:
