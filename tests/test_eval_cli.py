@@ -118,3 +118,16 @@ def test_pos_embed_resize_keeps_cls_and_identity():
     assert resize_pos_embed(pos, (4, 4)) is pos
     bigger = resize_pos_embed(pos, (6, 6))
     assert bigger.shape == (1, 37, 8) and torch.equal(bigger[:, :1], pos[:, :1])
+
+
+def test_pretrain_knn_monitor(data, tmp_path, capsys):
+    flags = ["pretrain", "--model", "mae_vit_test", "--data_path", str(data), "--batch_size", "8", "--epochs", "1",
+             "--warmup_epochs", "0", "--output_dir", str(tmp_path), "--num_workers", "0", "--no_progress",
+             "--knn_every", "3", "--knn_images", "40", "--max_steps", "3"]
+    assert cli_main(flags) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("k-NN")]
+    assert len(lines) == 1 and "at step 3: top-1" in lines[0]
+    top1 = float(lines[0].split("top-1 ")[1].split("%")[0])
+    assert top1 * 10 / 100 == pytest.approx(round(top1 * 10 / 100))  # 40 // 4 = 10 val queries
+    assert cli_main([*flags[:-4], "--knn_every", "1", "--knn_data", str(tmp_path / "nothing")]) == 2
+    assert "no 'train' folder" in capsys.readouterr().err
