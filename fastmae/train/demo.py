@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 WINDOW = 20  # steps averaged for the first and the last loss
-PROBE_EPOCHS = 400  # full-batch LARS steps of the demo's linear probe (features are cached: seconds)
+PROBE_EPOCHS = 2000  # full-batch LARS steps of the demo's linear probe (features are cached: seconds)
 
 
 @dataclass(frozen=True)
