@@ -17,6 +17,8 @@ from fastmae._version import __version__
 # name -> (module exposing ``main(argv) -> int``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("fastmae.train.pretrain", "pretrain an MAE (official flag names)"),
+    "linprobe": ("fastmae.eval.linprobe", "linear probe of a pretrained encoder (official main_linprobe flags)"),
+    "finetune": ("fastmae.eval.finetune", "fine-tune a pretrained encoder (official main_finetune flags)"),
     "visualize": ("fastmae.train.visualize", "write masked | reconstruction | original triplets"),
     "scan-dataset": ("fastmae.data.scan", "check every image of a dataset and write a clean file list"),
     "make-dataset": ("fastmae.data.synthetic", "write the embedded synthetic ImageFolder dataset"),

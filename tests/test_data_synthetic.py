@@ -92,3 +92,23 @@ def test_cli(tmp_path, capsys):
     assert main([str(tmp_path), "--num-images", "3", "--image-size", "32", "48", "--workers", "1"]) == 0
     assert len(list((tmp_path / "train").rglob("*.JPEG"))) == 3
     assert "wrote 3 images" in capsys.readouterr().out
+
+
+def test_labelled_variant_layout_and_classes(tmp_path, capsys):
+    from fastmae.data.synthetic import SHAPE_KINDS, make_labelled_dataset
+
+    root = make_labelled_dataset(tmp_path / "l", 7, 4, seed=0, image_size=(30, 40))
+    for split, count in (("train", 7), ("val", 4)):
+        assert sorted(p.name for p in (root / split).iterdir()) == sorted(SHAPE_KINDS)
+        assert len(list((root / split).rglob("*.JPEG"))) == count
+    assert {p.name for p in (root / "train").rglob("*.JPEG")}.isdisjoint(p.name for p in (root / "val").rglob("*"))
+    assert (root / "val" / SHAPE_KINDS[7 % 3] / "img_0000007.JPEG").is_file()  # image i is of kind i % 3
+    # a labelled image differs from the unlabelled one of the same index; the unlabelled stream is unchanged
+    assert not np.array_equal(synthetic_image(0, 5, (72, 112), kind=1), synthetic_image(0, 5, (72, 112)))
+    assert hashlib.md5(synthetic_image(0, 5, (72, 112)).tobytes()).hexdigest() == \
+        "2a726579ec74c77668524a33396791b5"  # the pixels before the labelled variant existed (numpy + Pillow here)
+    assert main([str(tmp_path / "cli"), "--labelled", "--num-images", "3", "--num-val", "3", "--image-size",
+                 "20", "20", "--workers", "1"]) == 0
+    assert "3 train and 3 val images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="num_val"):
+        make_labelled_dataset(tmp_path / "bad", 3, 0)

@@ -34,6 +34,7 @@ class LoaderConfig:
     flip_prob: float
     num_threads: int
     prefetch: int
+    rand_augment: tuple[int, float, float] | None = None  # (ops, magnitude, magnitude std); torch backend only
 
 
 class EpochLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -59,6 +60,7 @@ def build_loader(
     flip_prob: float = 0.5,
     hw_decoder_load: float = 0.65,
     drop_last: bool = True,
+    rand_augment: str | None = None,
 ) -> EpochLoader:
     """A training loader of MAE-augmented, normalised images.
 
@@ -80,6 +82,8 @@ def build_loader(
     scale, ratio, flip_prob: the crop area fraction range, aspect range and flip probability
         (MAE: (0.2, 1.0), (3/4, 4/3), 0.5).
     hw_decoder_load: DALI on GPU only: share of JPEGs sent to the hardware decoder (A100/H100).
+    rand_augment: a RandAugment policy applied after the crop and flip (fine-tuning: "rand-m9-mstd0.5-inc1",
+        see :mod:`fastmae.eval.randaugment`); torch backend only.
     """
     if backend not in LOADER_BACKENDS:
         raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
@@ -121,6 +125,12 @@ def build_loader(
         num_threads=threads,
         prefetch=_positive_int(prefetch, "prefetch"),
     )
+    if rand_augment is not None:
+        if backend == "dali":
+            raise ValueError("rand_augment: RandAugment runs in the torch loader only (use backend='torch')")
+        from fastmae.eval.randaugment import parse_policy
+
+        config = dataclasses.replace(config, rand_augment=parse_policy(rand_augment))
     if min(config.std) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
     files = resolve_files(data_path, file_list)

@@ -37,6 +37,10 @@ class _AugmentedImages(Dataset):
         pixels = crop_resize_flip(
             self.files.paths[file_index], rng, cfg.input_size, cfg.scale, cfg.ratio, cfg.flip_prob
         )
+        if cfg.rand_augment is not None:
+            from fastmae.eval.randaugment import rand_augment
+
+            pixels = rand_augment(pixels, rng, *cfg.rand_augment)
         return pixels, self.files.labels[file_index]
 
 
@@ -74,6 +78,9 @@ class TorchLoader(EpochLoader):
             pin_memory=config.device.type == "cuda",
             prefetch_factor=config.prefetch if workers > 0 else None,
             persistent_workers=workers > 0,
+            # the DataLoader draws its worker base seed from this generator, not torch's global one, so
+            # starting an epoch leaves the global RNG (drop path, the tests' draws) untouched
+            generator=torch.Generator(),
         )
 
     def _iterate(self, batches: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--init_from", default="",
                       help="start from these weights (official or fastmae; full or encoder-only)")
     ours.add_argument("--no_progress", action="store_true", help="plain log lines instead of a progress bar")
+    ours.add_argument("--knn_every", type=int, default=0,
+                      help="k-NN monitor every N optimizer steps (cosine, k=20, T=0.07; 0: off)")
+    ours.add_argument("--knn_data", default=None,
+                      help="labelled ImageFolder root of the k-NN monitor (default: DATA_PATH; uses train/, val/)")
+    ours.add_argument("--knn_images", type=int, default=2000, help="reference images of the k-NN monitor")
     return p
 
 
@@ -98,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("batch_size", "accum_iter", "epochs", "log_every", "keep_last", "max_skipped"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("save_every", "start_epoch", "seed"):
+    for name in ("save_every", "start_epoch", "seed", "knn_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.input_size is not None and args.input_size < 1:

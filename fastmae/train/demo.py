@@ -6,7 +6,9 @@ On a CPU (the default target: about 5 minutes on 2 cores) it trains ``mae_vit_ti
 4 blocks of width 96, decoder 2 x 64) with the torch loader; with a GPU it trains a ViT-Base-width
 model at 112 px on more data and steps, in bf16 with torch.compile, through DALI when installed.
 It prints the mean loss of the first and of the last 20 steps and fails unless the last is at most
-``--max_ratio`` (0.8) times the first; it writes loss_curve.png and reconstruction.png.
+``--max_ratio`` (0.8) times the first; it writes loss_curve.png and reconstruction.png. Then it
+linear-probes the pretrained encoder and the same encoder at its random init on held-out images
+labelled by the kind of shape drawn, prints both top-1 accuracies and fails unless pretraining wins.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 WINDOW = 20  # steps averaged for the first and the last loss
+PROBE_EPOCHS = 2000  # full-batch LARS steps of the demo's linear probe (features are cached: seconds)
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class Preset:
     steps: int
     lr: float
     warmup_epochs: float
+    num_val: int  # held-out images the linear probe is scored on
 
 
-CPU_PRESET = Preset("mae_vit_tiny", 64, 3000, (72, 112), 64, 600, 1.5e-3, 1)
-GPU_PRESET = Preset("mae_vit_base_patch16", 112, 20000, (128, 192), 256, 3000, 1.5e-3, 2)
+CPU_PRESET = Preset("mae_vit_tiny", 64, 3000, (72, 112), 64, 600, 1.5e-3, 1, 600)
+GPU_PRESET = Preset("mae_vit_base_patch16", 112, 20000, (128, 192), 256, 3000, 1.5e-3, 2, 2000)
 
 
 def windowed_means(losses: Sequence[float], window: int = WINDOW) -> tuple[float, float]:
@@ -85,11 +89,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.add_argument("--num_images", type=int, default=None, help="dataset size (default: the preset's)")
     p.add_argument("--max_ratio", type=float, default=0.8, help="fail unless last loss <= this x first loss")
+    p.add_argument("--no_probe", action="store_true", help="skip the linear probe of the pretrained encoder")
     return p
 
 
+def probe_encoders(model_name: str, encoder_path: Path, data_root: Path, input_size: int, seed: int,
+                   device: torch.device, workers: int) -> tuple[float, float]:
+    """Linear-probe top-1 (%) on the held-out images: (pretrained encoder, the same encoder at its random init).
+
+    Both encoders see the same centre crops; each gets the linear-probe head (BatchNorm without affine,
+    linear layer, LARS) trained on its frozen cls-token features of the train split.
+    """
+    from fastmae.data.synthetic import SHAPE_KINDS
+    from fastmae.eval.data import EvalLoader, extract_features, split_folder
+    from fastmae.eval.probe import linear_probe_accuracy
+    from fastmae.eval.vit import build_classifier
+    from fastmae.eval.weights import load_pretrained
+
+    loaders = [EvalLoader(split_folder(data_root, split), 250, input_size, device=device, num_workers=workers)
+               for split in ("train", "val")]
+    accuracy = []
+    for pretrained in (True, False):
+        torch.manual_seed(seed)  # the pretraining seed: the random-init encoder is the one pretraining started from
+        encoder = build_classifier(model_name.replace("mae_", "", 1), len(SHAPE_KINDS), img_size=input_size,
+                                   global_pool=False, linear_probe=True).to(device).eval()
+        if pretrained:
+            load_pretrained(encoder, encoder_path)
+        (train_x, train_y), (val_x, val_y) = (extract_features(encoder.forward_features, loader)
+                                              for loader in loaders)
+        accuracy.append(linear_probe_accuracy(train_x, train_y, val_x, val_y, len(SHAPE_KINDS), epochs=PROBE_EPOCHS,
+                                              warmup_epochs=PROBE_EPOCHS // 10, batch_size=train_x.shape[0]))
+    return accuracy[0], accuracy[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastmae.data import make_dataset
+    from fastmae.data.synthetic import SHAPE_KINDS, make_labelled_dataset
     from fastmae.train.args import parse_args
     from fastmae.train.pretrain import train
     from fastmae.train.visualize import image_files, load_images, write_reconstructions
@@ -102,10 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(opts.out)
     started = time.perf_counter()
 
-    data_root = out / f"dataset-{num_images}"
-    if not (data_root / "train").is_dir():
-        print(f"writing the embedded dataset: {num_images} synthetic photo-like JPEGs -> {data_root}", flush=True)
-        make_dataset(data_root, num_images, seed=0, image_size=preset.image_size, workers=os.cpu_count() or 1)
+    data_root = out / f"dataset-{num_images}-val{preset.num_val}"
+    if not (data_root / "val").is_dir():
+        print(f"writing the embedded dataset: {num_images} + {preset.num_val} held-out synthetic photo-like JPEGs, "
+              f"labelled by the kind of shape drawn ({', '.join(SHAPE_KINDS)}) -> {data_root}", flush=True)
+        make_labelled_dataset(data_root, num_images, preset.num_val, seed=0, image_size=preset.image_size,
+                              workers=os.cpu_count() or 1)
     made = time.perf_counter()
 
     dali = device.startswith("cuda") and importlib.util.find_spec("nvidia.dali") is not None
@@ -139,6 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {curve} and {recon}")
     if not ratio <= opts.max_ratio:
         print("demo FAILED: the loss did not fall enough", file=sys.stderr)
+        return 1
+    if opts.no_probe:
+        return 0
+    probed = time.perf_counter()
+    pretrained, random_init = probe_encoders(preset.model, run_dir / "encoder.pth", data_root, preset.input_size,
+                                             seed=0, device=torch.device(device), workers=workers)
+    chance = 100.0 / len(SHAPE_KINDS)
+    print(f"\nlinear probe, top-1 on {preset.num_val} held-out images ({', '.join(SHAPE_KINDS)}; chance "
+          f"{chance:.1f}%): pretrained encoder {pretrained:.1f}%, same encoder at its random init {random_init:.1f}% "
+          f"({time.perf_counter() - probed:.0f} s)")
+    if not pretrained > random_init:
+        print("demo FAILED: the pretrained encoder does not beat its random init under a linear probe",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -32,14 +32,19 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     The fused implementation also honours a device-side ``found_inf`` flag, which the train
     step uses to skip non-finite updates without a host sync.
     """
-    device = next(model.parameters()).device
-    groups = param_groups(model, weight_decay)
+    return adamw(param_groups(model, weight_decay), lr, betas=(0.9, 0.95))
+
+
+def adamw(groups: list[dict[str, object]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """Fused AdamW over ``groups`` with every group's lr a 0-dim tensor on its parameters' device."""
+    device = groups[0]["params"][0].device
     for group in groups:
         group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device)
-    return torch.optim.AdamW(groups, lr=torch.tensor(lr), betas=(0.9, 0.95), fused=True)
+    return torch.optim.AdamW(groups, lr=torch.tensor(lr), betas=betas, fused=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write ``lr`` into every group's lr tensor in place (a device fill, no sync, no recompile)."""
+    """Write ``lr`` (times the group's ``lr_scale``, if any: layer-wise decay) into every group's lr tensor
+    in place (a device fill, no sync, no recompile)."""
     for group in optimizer.param_groups:
-        group["lr"].fill_(lr)
+        group["lr"].fill_(lr * group.get("lr_scale", 1.0))

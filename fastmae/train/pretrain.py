@@ -92,6 +92,11 @@ class Trainer:
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
                                  total_steps=self.total_steps, bar=False if args.no_progress else None)
         self.result = TrainResult(model=unwrap(self.model))
+        self.knn = None
+        if args.knn_every:
+            from fastmae.eval.knn import build_monitor
+
+            self.knn = build_monitor(args, self.input_size, self.device)
         self.last_model_state: dict[str, torch.Tensor] = {}
         self.last_lr = 0.0
 
@@ -202,6 +207,8 @@ class Trainer:
                 meter.images += self.settings.effective_batch
                 if pos.global_step % args.log_every == 0:
                     self._log(meter)
+                if self.knn is not None and pos.global_step % args.knn_every == 0:
+                    self.knn.report(unwrap(self.model), pos.global_step, self.settings.autocast_dtype, self.reporter)
                 epoch_done = pos.step_in_epoch == self.steps_per_epoch
                 if epoch_done:
                     self._end_epoch()  # a checkpoint at an epoch end then points at the next epoch's start

@@ -81,6 +81,13 @@ class Reporter:
                 if math.isfinite(value):
                     self._tensorboard.add_scalar(f"train/{name}", value, step)
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars under their full names (e.g. ``test/acc1``, ``knn/top1``) at ``step``."""
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                if math.isfinite(value):
+                    self._tensorboard.add_scalar(name, value, step)
+
     def epoch(self, stats: dict[str, object]) -> None:
         """Append one JSON line to log.txt, like the official ``{"train_lr":..., "train_loss":..., "epoch":...}``."""
         if not self.enabled:

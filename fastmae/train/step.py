@@ -85,6 +85,13 @@ class TrainStep:
                           device=self.device)
         return full[self.rank * batch_size:(self.rank + 1) * batch_size]
 
+    def micro_step_loss(self, step: int, micro_step: int, imgs: torch.Tensor) -> torch.Tensor:
+        """The float32 loss of one micro-batch: the MAE loss under this micro-step's masking noise.
+
+        Subclasses train another objective on the same machinery (fastmae.eval's classifier step).
+        """
+        return self._forward_loss(imgs, self.noise(step, micro_step, imgs.shape[0]))
+
     def _sync_context(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
         """Gradient reduction only on the last micro-step: DDP's no_sync, FSDP2's requires_gradient_sync."""
         if hasattr(self.model, "no_sync"):
@@ -93,15 +100,14 @@ class TrainStep:
             self.model.set_requires_gradient_sync(last_micro_step)
         return contextlib.nullcontext()
 
-    def __call__(self, step: int, micro_batches: Sequence[torch.Tensor]) -> None:
-        """Run optimizer step number ``step`` (global, 0-based) on ``accum_iter`` image batches."""
+    def __call__(self, step: int, micro_batches: Sequence[object]) -> None:
+        """Run optimizer step number ``step`` (global, 0-based) on ``accum_iter`` micro-batches (here: images)."""
         if len(micro_batches) != self.accum_iter:
             raise ValueError(f"expected {self.accum_iter} micro-batches, got {len(micro_batches)}")
         loss_sum = torch.zeros((), device=self.device)
-        for micro_step, imgs in enumerate(micro_batches):
-            noise = self.noise(step, micro_step, imgs.shape[0])
+        for micro_step, batch in enumerate(micro_batches):
             with self._sync_context(micro_step == self.accum_iter - 1):
-                loss = self._forward_loss(imgs, noise)
+                loss = self.micro_step_loss(step, micro_step, batch)
                 scaled = loss / self.accum_iter
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach()
