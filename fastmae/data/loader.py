@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,9 +13,18 @@ from fastmae._validation import pair
 from fastmae.data import IMAGENET_MEAN, IMAGENET_STD
 from fastmae.data.files import FileSet, epoch_order, resolve_files, steps_per_epoch
 
+log = logging.getLogger("fastmae.data")
+
 MAE_CROP_SCALE = (0.2, 1.0)
 MAE_CROP_RATIO = (3 / 4, 4 / 3)
 BACKENDS = ("torch", "dali")
+MAX_REPLACEMENTS = 16  # --skip_bad: files tried in place of an undecodable one before giving up
+SKIP_HINT = "pass --skip_bad (skip_bad=True) to replace undecodable images, or leave files out with --skip_list"
+
+
+def replacement_indices(file_index: int, num_files: int) -> list[int]:
+    """The files tried, in order, in place of undecodable file ``file_index``: the next ones (cyclically)."""
+    return [(file_index + k) % num_files for k in range(1, min(num_files, MAX_REPLACEMENTS + 1))]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,8 @@ class LoaderConfig:
     flip_prob: float
     num_threads: int
     prefetch: int
+    skip_bad: bool = False
+    pin_memory: bool | None = None  # None: pin when the device is CUDA (torch backend)
 
 
 class EpochLoader:
@@ -43,6 +55,10 @@ class EpochLoader:
     ``set_epoch(epoch, start_step=0)`` picks the epoch; the next iteration yields batches
     ``start_step .. len(self)-1`` of it (so ``len(self) - start_step`` batches), then start_step
     resets to 0. Like ``DistributedSampler``, iterating again without ``set_epoch`` repeats the epoch.
+
+    With ``config.skip_bad`` an undecodable file is replaced by the next file that decodes (see
+    :func:`replacement_indices`); ``bad_files`` maps each such path to why it failed and
+    ``replaced`` counts the replacements (a file read twice counts twice).
     """
 
     backend = ""
@@ -53,6 +69,8 @@ class EpochLoader:
         self.steps = steps_per_epoch(len(files), config.batch_size, config.world_size)
         self.epoch = 0
         self.start_step = 0
+        self.bad_files: dict[str, str] = {}
+        self.replaced = 0
         shape = (1, 3, 1, 1)
         self._mean255 = torch.tensor(config.mean, device=config.device).mul(255).view(shape)
         self._std255 = torch.tensor(config.std, device=config.device).mul(255).view(shape)
@@ -91,6 +109,14 @@ class EpochLoader:
         # the same arithmetic as DALI's crop_mirror_normalize: (x - 255 mean) / (255 std) in fp32
         images = (images.float() - self._mean255) / self._std255
         return images.to(self.config.dtype).contiguous()
+
+    def record_bad(self, path: str, reason: str, replacement: str) -> None:
+        """Count one replaced file; log each bad file once, by name."""
+        self.replaced += 1
+        if path not in self.bad_files:
+            self.bad_files[path] = reason
+            log.warning("skipped undecodable image %s (%s); replaced by %s [%d bad file(s) so far]",
+                        path, reason, replacement, len(self.bad_files))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.batch_indices()
@@ -139,6 +165,9 @@ def build_loader(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     file_list: str | os.PathLike | None = None,
+    skip_list: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    pin_memory: bool | None = None,
     scale: Sequence[float] = MAE_CROP_SCALE,
     ratio: Sequence[float] = MAE_CROP_RATIO,
     flip_prob: float = 0.5,
@@ -154,6 +183,10 @@ def build_loader(
 
     data_path: dataset root; reads ``data_path/train`` in ImageFolder layout if it exists, else
         ``data_path`` itself. Ignored when ``file_list`` (as written by ``fastmae scan-dataset``) is given.
+    skip_list: a file naming paths to leave out (one per line, or file-list lines).
+    skip_bad: replace an image that fails to decode by the next one that decodes, log it by name and
+        count it (``loader.bad_files``, ``loader.replaced``), instead of raising.
+    pin_memory: torch backend: pin host batches (default: when ``device`` is CUDA); DALI ignores it.
     backend: "torch" (PIL + DataLoader workers) or "dali" (NVIDIA DALI; decodes on the GPU when
         ``device`` is CUDA, on DALI's CPU backend otherwise).
     device: training device (default: "cuda" if available, else "cpu").
@@ -205,10 +238,12 @@ def build_loader(
         flip_prob=float(flip_prob),
         num_threads=threads,
         prefetch=_positive_int(prefetch, "prefetch"),
+        skip_bad=bool(skip_bad),
+        pin_memory=None if pin_memory is None else bool(pin_memory),
     )
     if min(config.std) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
-    files = resolve_files(data_path, file_list)
+    files = resolve_files(data_path, file_list, skip_list)
     if backend == "dali":
         from fastmae.data.dali import DaliLoader
 
