@@ -126,13 +126,17 @@ class DaliLoader(EpochLoader):
             seed=_pipeline_seed(cfg.seed, self.epoch, cfg.rank, start_step),
             hw_decoder_load=self.hw_decoder_load,
         )
-        iterator = dali_iterator_class(
-            [pipe],
-            ["images", "labels"],
-            reader_name="Reader",
-            last_batch_policy=last_batch_policy.DROP,
-            auto_reset=False,
-        )
+        try:
+            # the iterator runs the first batch in its constructor: a bad file can fail it already
+            iterator = dali_iterator_class(
+                [pipe],
+                ["images", "labels"],
+                reader_name="Reader",
+                last_batch_policy=last_batch_policy.DROP,
+                auto_reset=False,
+            )
+        except RuntimeError as error:
+            raise _BatchFailed(error) from error
         try:
             while True:
                 try:
