@@ -1,7 +1,7 @@
 """Plain-PyTorch Masked Autoencoder with the official semantics.
 
 This module is fastmae's test oracle and the benchmark baseline. It re-implements the
-behaviour described in shared/MAE_SPEC.md (the published MAE and its official PyTorch
+behaviour described in docs/mae.md (the published MAE and its official PyTorch
 release) for clarity, not speed: every step of the algorithm is spelled out, with the
 official parameter names, shapes, order and initialisation, so its state dicts load
 into and from official checkpoints and fastmae's own model.
