@@ -54,8 +54,8 @@ def test_a_table_that_is_not_sincos_is_interpolated():
 
 def test_mismatches_are_named():
     model = create_model("mae_vit_test", img_size=24)
-    with pytest.raises(ValueError, match="pos_embed: width 48"):
-        adapt_pos_embeds({"pos_embed": torch.zeros(1, 17, 48)}, model)
+    other_width = {"pos_embed": torch.zeros(1, 17, 48)}
+    assert adapt_pos_embeds(other_width, model)["pos_embed"] is other_width["pos_embed"]  # load_state_dict reports it
     with pytest.raises(ValueError, match="not a square grid"):
         adapt_pos_embeds({"pos_embed": torch.zeros(1, 9, 32)}, model)
 

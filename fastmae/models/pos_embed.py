@@ -54,13 +54,12 @@ def resize_pos_embed(table: torch.Tensor, new_grid: tuple[int, int], old_grid: t
 
 
 def adapt_pos_embeds(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` with every positional table whose length differs from ``model``'s resized to its grid."""
+    """``state`` with every positional table of ``model``'s width but another length resized to its grid."""
     adapted = dict(state)
     own = model.state_dict()
     for key in POS_EMBED_KEYS:
-        if key in adapted and key in own and adapted[key].shape[1] != own[key].shape[1]:
-            if adapted[key].shape[-1] != own[key].shape[-1]:
-                raise ValueError(f"{key}: width {adapted[key].shape[-1]} in the checkpoint, {own[key].shape[-1]} "
-                                 "in the model: not the same model size")
+        # another width is another model: left as it is, for load_state_dict to report the size mismatch
+        if (key in adapted and key in own and adapted[key].shape[1] != own[key].shape[1]
+                and adapted[key].shape[-1] == own[key].shape[-1]):
             adapted[key] = resize_pos_embed(adapted[key], tuple(model.grid_size), key=key)
     return adapted
