@@ -126,6 +126,9 @@ setup(
         "xformers": ["xformers>=0.0.30"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.7"],
         "tensorboard": ["tensorboard>=2.14"],
+        "plots": ["matplotlib>=3.7"],  # loss_curve.png of the demo; without it the demo says so and goes on
+        "config": ["pyyaml>=6"],  # OUTPUT_DIR/config.yaml (JSON without it)
+        "wandb": ["wandb>=0.16"],
         "test": TEST_REQUIRES,
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},

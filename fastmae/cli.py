@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "visualize": ("fastmae.train.visualize", "write masked | reconstruction | original triplets"),
     "scan-dataset": ("fastmae.data.scan", "check every image of a dataset and write a clean file list"),
     "make-dataset": ("fastmae.data.synthetic", "write the embedded synthetic ImageFolder dataset"),
+    "convert": ("fastmae.convert", "convert MAE weights between the fastmae/official, HF ViTMAE and timm layouts"),
     "bench": ("fastmae.bench.cli", "run the standard train-step comparison against the reference"),
     "memory": ("fastmae.bench.memory_cli", "activation memory of a training step by category, and what fits a GPU"),
     "info": ("fastmae.info", "print versions and which op backends are available and chosen"),

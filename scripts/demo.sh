@@ -10,5 +10,5 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q setuptools wheel
 python -m pip install -q torch==2.13.0          # the local CPU wheel: no CUDA wheels are pulled in
-python -m pip install -q --no-build-isolation -e .
+python -m pip install -q --no-build-isolation -e ".[plots]"   # matplotlib draws loss_curve.png
 python -m fastmae.train.demo --out demo_out "$@"

@@ -17,7 +17,7 @@ from fastmae.models import MaskedAutoencoderViT, create_model, list_models, load
 from fastmae.models.configs import MAE_DEFAULTS, MODEL_ALIASES, MODEL_CONFIGS
 from fastmae.reference import create_reference_model
 
-# from shared/MAE_SPEC.md: (total parameters, trainable parameters, state-dict keys)
+# from docs/mae.md: (total parameters, trainable parameters, state-dict keys)
 OFFICIAL_SIZES = {
     "mae_vit_base_patch16": (111_907_840, 111_655_680, 254),
     "mae_vit_large_patch16": (329_541_888, 329_239_296, 398),

@@ -1,4 +1,4 @@
-"""The reference MAE against the numbers and formulas of shared/MAE_SPEC.md."""
+"""The reference MAE against the numbers and formulas of docs/mae.md."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fastmae.data.epoch import EpochLoader, LoaderConfig
+from fastmae.data.epoch import SKIP_HINT, EpochLoader, LoaderConfig, replacement_indices
 from fastmae.data.files import FileSet
 
 INSTALL_HINT = (
@@ -98,12 +98,27 @@ class DaliLoader(EpochLoader):
         self.hw_decoder_load = hw_decoder_load
 
     def _iterate(self, batches: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not batches:
-            return
+        """Run the pipeline over ``batches``; with ``skip_bad``, a failing batch's bad files are replaced
+        (in it and in every later batch) and a new pipeline resumes at that batch."""
+        batches = [list(batch) for batch in batches]
+        first_step = self.steps - len(batches)
+        done = 0
+        while done < len(batches):
+            try:
+                for images, labels in self._run_pipeline(batches[done:], first_step + done):
+                    yield images, labels
+                    done += 1
+                return
+            except _BatchFailed as failed:
+                bad = self._bad_files(batches[done : done + 1 + self.config.prefetch])
+                if not (self.config.skip_bad and bad):
+                    raise self._decode_error(bad, failed.error) from failed.error
+                self._replace(batches, done, bad)
+
+    def _run_pipeline(self, batches: list[list[int]], start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         dali_iterator_class, last_batch_policy = _import_dali()
         cfg = self.config
         order = [index for batch in batches for index in batch]
-        start_step = self.steps - len(batches)
         pipe = build_pipeline(
             [self.files.paths[i] for i in order],
             [self.files.labels[i] for i in order],
@@ -111,14 +126,17 @@ class DaliLoader(EpochLoader):
             seed=_pipeline_seed(cfg.seed, self.epoch, cfg.rank, start_step),
             hw_decoder_load=self.hw_decoder_load,
         )
-        iterator = dali_iterator_class(
-            [pipe],
-            ["images", "labels"],
-            reader_name="Reader",
-            last_batch_policy=last_batch_policy.DROP,
-            auto_reset=False,
-        )
-        step = 0
+        try:
+            # the iterator runs the first batch in its constructor: a bad file can fail it already
+            iterator = dali_iterator_class(
+                [pipe],
+                ["images", "labels"],
+                reader_name="Reader",
+                last_batch_policy=last_batch_policy.DROP,
+                auto_reset=False,
+            )
+        except RuntimeError as error:
+            raise _BatchFailed(error) from error
         try:
             while True:
                 try:
@@ -126,32 +144,61 @@ class DaliLoader(EpochLoader):
                 except StopIteration:
                     return
                 except RuntimeError as error:
-                    raise self._decode_error(batches, step, error) from error
+                    raise _BatchFailed(error) from error
                 images = output[0]["images"].to(cfg.device, non_blocking=True).to(cfg.dtype)
                 labels = output[0]["labels"].reshape(-1).to(cfg.device, non_blocking=True).long()
                 yield images, labels
-                step += 1
         finally:
             del iterator, pipe
 
-    def _decode_error(self, batches: list[list[int]], step: int, error: RuntimeError) -> RuntimeError:
-        """Name the file(s) DALI failed on: DALI's own message does not always say which."""
+    def _bad_files(self, batches: list[list[int]]) -> dict[int, str]:
+        """file index -> problem, for the files of ``batches`` that fail a full PIL decode."""
         from fastmae.data.scan import check_image
 
-        ahead = batches[step : step + 1 + self.config.prefetch]
-        bad = []
-        for batch in ahead:
-            for index in batch:
-                problem = check_image(self.files.paths[index], full_decode=True).problem
-                if problem is not None:
-                    bad.append(f"{self.files.paths[index]} ({problem})")
-        named = "; ".join(bad) if bad else "no file of the failing batches fails a PIL decode"
+        bad = {}
+        for index in sorted({index for batch in batches for index in batch}):
+            problem = check_image(self.files.paths[index], full_decode=True).problem
+            if problem is not None:
+                bad[index] = problem
+        return bad
+
+    def _replace(self, batches: list[list[int]], start: int, bad: dict[int, str]) -> None:
+        """Put a good file in place of every bad one in ``batches[start:]``, recording each replacement."""
+        from fastmae.data.scan import check_image
+
+        substitute = {}
+        for index, problem in bad.items():
+            for candidate in replacement_indices(index, len(self.files)):
+                if candidate not in bad and check_image(self.files.paths[candidate], full_decode=True).problem is None:
+                    substitute[index] = candidate
+                    break
+            else:
+                raise RuntimeError(f"--skip_bad: {self.files.paths[index]} ({problem}) and the files after it "
+                                   "all fail to decode; run 'fastmae scan-dataset' on this dataset")
+        for batch in batches[start:]:
+            for slot, index in enumerate(batch):
+                if index in substitute:
+                    batch[slot] = substitute[index]
+                    self.record_bad(self.files.paths[index], bad[index], self.files.paths[substitute[index]])
+
+    def _decode_error(self, bad: dict[int, str], error: RuntimeError) -> RuntimeError:
+        """Name the file(s) DALI failed on: DALI's own message does not always say which."""
+        named = "; ".join(f"{self.files.paths[i]} ({problem})" for i, problem in bad.items())
+        named = named or "no file of the failing batches fails a PIL decode"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return RuntimeError(
             f"DALI failed to decode a batch (epoch {self.epoch}): {named}. "
-            "Run 'fastmae scan-dataset' to find and "
-            f"exclude bad files. DALI said: {first_line} ... {_dali_detail(error)}"
+            f"Run 'fastmae scan-dataset' to find and exclude bad files, or {SKIP_HINT}. "
+            f"DALI said: {first_line} ... {_dali_detail(error)}"
         )
+
+
+class _BatchFailed(Exception):
+    """A DALI pipeline raised while producing a batch."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _dali_detail(error: Exception) -> str:

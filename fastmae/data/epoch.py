@@ -6,6 +6,7 @@ Its own module so that :mod:`fastmae.data.loader` (which picks a backend) and th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,15 @@ import torch
 from fastmae.data.files import FileSet, epoch_order, steps_per_epoch
 
 LOADER_BACKENDS = ("torch", "dali")  # build_loader(backend=...); the trainer adds "synthetic"
+MAX_REPLACEMENTS = 16  # --skip_bad: files tried in place of an undecodable one before giving up
+SKIP_HINT = "pass --skip_bad (skip_bad=True) to replace undecodable images, or leave files out with --skip_list"
+
+log = logging.getLogger("fastmae.data")
+
+
+def replacement_indices(file_index: int, num_files: int) -> list[int]:
+    """The files tried, in order, in place of undecodable file ``file_index``: the next ones (cyclically)."""
+    return [(file_index + k) % num_files for k in range(1, min(num_files, MAX_REPLACEMENTS + 1))]
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,8 @@ class LoaderConfig:
     flip_prob: float
     num_threads: int
     prefetch: int
+    skip_bad: bool = False
+    pin_memory: bool | None = None  # None: pin when the device is CUDA (torch backend)
     rand_augment: tuple[int, float, float] | None = None  # (ops, magnitude, magnitude std); torch backend only
 
 
@@ -43,6 +55,10 @@ class EpochLoader:
     ``set_epoch(epoch, start_step=0)`` picks the epoch; the next iteration yields batches
     ``start_step .. len(self)-1`` of it (so ``len(self) - start_step`` batches), then start_step
     resets to 0. Like ``DistributedSampler``, iterating again without ``set_epoch`` repeats the epoch.
+
+    With ``config.skip_bad`` an undecodable file is replaced by the next file that decodes (see
+    :func:`replacement_indices`); ``bad_files`` maps each such path to why it failed and
+    ``replaced`` counts the replacements (a file read twice counts twice).
     """
 
     backend = ""
@@ -56,6 +72,16 @@ class EpochLoader:
         shape = (1, 3, 1, 1)
         self._mean255 = torch.tensor(config.mean, device=config.device).mul(255).view(shape)
         self._std255 = torch.tensor(config.std, device=config.device).mul(255).view(shape)
+        self.bad_files: dict[str, str] = {}
+        self.replaced = 0
+
+    def record_bad(self, path: str, reason: str, replacement: str) -> None:
+        """Count one replaced file; log each bad file once, by name."""
+        self.replaced += 1
+        if path not in self.bad_files:
+            self.bad_files[path] = reason
+            log.warning("skipped undecodable image %s (%s); replaced by %s [%d bad file(s) so far]",
+                        path, reason, replacement, len(self.bad_files))
 
     def __len__(self) -> int:
         return self.steps

@@ -92,14 +92,53 @@ def write_file_list(list_path: str | os.PathLike, files: FileSet) -> None:
     list_path.write_text("".join(lines))
 
 
-def resolve_files(data_path: str | os.PathLike | None, file_list: str | os.PathLike | None) -> FileSet:
-    """The training files: ``file_list`` if given, else ``data_path/train`` (or ``data_path`` itself)."""
+def _path_key(path: str | os.PathLike) -> str:
+    """How two spellings of one file compare: absolute and normalised (no file-system calls)."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def read_skip_list(list_path: str | os.PathLike) -> frozenset[str]:
+    """Paths to leave out: one per line (a file list's ``<path> <label>`` lines work too: a last field
+    that is an integer is dropped); relative paths are relative to the list's folder; ``#`` comments."""
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise ValueError(f"skip_list: {list_path} is not a file")
+    base = list_path.parent
+    skipped = set()
+    for line in list_path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path, _, last = line.rpartition(" ")
+        if not (path and last.lstrip("-").isdigit()):
+            path = line
+        skipped.add(_path_key(path if os.path.isabs(path) else base / path))
+    return frozenset(skipped)
+
+
+def without(files: FileSet, skipped: frozenset[str]) -> FileSet:
+    """``files`` minus the paths in ``skipped`` (as :func:`read_skip_list` returns them)."""
+    kept = [i for i, path in enumerate(files.paths) if _path_key(path) not in skipped]
+    if not kept:
+        raise ValueError(f"skip_list: it leaves out all {len(files)} files")
+    return FileSet(tuple(files.paths[i] for i in kept), tuple(files.labels[i] for i in kept))
+
+
+def resolve_files(
+    data_path: str | os.PathLike | None,
+    file_list: str | os.PathLike | None,
+    skip_list: str | os.PathLike | None = None,
+) -> FileSet:
+    """The training files: ``file_list`` if given, else ``data_path/train`` (or ``data_path`` itself),
+    less the paths named in ``skip_list``."""
     if file_list is not None:
-        return read_file_list(file_list)
-    if data_path is None:
+        files = read_file_list(file_list)
+    elif data_path is None:
         raise ValueError("data_path: give a dataset folder or a file_list")
-    root = Path(data_path)
-    return image_folder(root / "train" if (root / "train").is_dir() else root)
+    else:
+        root = Path(data_path)
+        files = image_folder(root / "train" if (root / "train").is_dir() else root)
+    return files if skip_list is None else without(files, read_skip_list(skip_list))
 
 
 def steps_per_epoch(num_files: int, batch_size: int, world_size: int) -> int:

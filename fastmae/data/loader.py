@@ -55,6 +55,9 @@ def build_loader(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     file_list: str | os.PathLike | None = None,
+    skip_list: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    pin_memory: bool | None = None,
     scale: Sequence[float] = MAE_CROP_SCALE,
     ratio: Sequence[float] = MAE_CROP_RATIO,
     flip_prob: float = 0.5,
@@ -71,6 +74,10 @@ def build_loader(
 
     data_path: dataset root; reads ``data_path/train`` in ImageFolder layout if it exists, else
         ``data_path`` itself. Ignored when ``file_list`` (as written by ``fastmae scan-dataset``) is given.
+    skip_list: a file naming paths to leave out (one per line, or file-list lines).
+    skip_bad: replace an image that fails to decode by the next one that decodes, log it by name and
+        count it (``loader.bad_files``, ``loader.replaced``), instead of raising.
+    pin_memory: torch backend: pin host batches (default: when ``device`` is CUDA); DALI ignores it.
     backend: "torch" (PIL + DataLoader workers) or "dali" (NVIDIA DALI; decodes on the GPU when
         ``device`` is CUDA, on DALI's CPU backend otherwise).
     device: training device (default: "cuda" if available, else "cpu").
@@ -124,6 +131,8 @@ def build_loader(
         flip_prob=float(flip_prob),
         num_threads=threads,
         prefetch=_positive_int(prefetch, "prefetch"),
+        skip_bad=bool(skip_bad),
+        pin_memory=None if pin_memory is None else bool(pin_memory),
     )
     if rand_augment is not None:
         if backend == "dali":
@@ -133,7 +142,7 @@ def build_loader(
         config = dataclasses.replace(config, rand_augment=parse_policy(rand_augment))
     if min(config.std) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
-    files = resolve_files(data_path, file_list)
+    files = resolve_files(data_path, file_list, skip_list)
     if backend == "dali":
         from fastmae.data.dali import DaliLoader
 

@@ -61,8 +61,12 @@ def load_official_checkpoint(
     A full checkpoint (``*_full.pth``, ``mae_visualize_*.pth``) loads with ``strict=True``. An
     encoder-only one (``mae_pretrain_vit_*.pth``) must hold every encoder key; the decoder keeps its
     weights and its keys are reported in ``missing_keys``. Unknown keys or wrong shapes raise.
+    Positional tables made for another input size are rebuilt for the model's patch grid
+    (:func:`fastmae.models.pos_embed.adapt_pos_embeds`).
     """
-    state = _read_state_dict(path_or_dict)
+    from fastmae.models.pos_embed import adapt_pos_embeds
+
+    state = adapt_pos_embeds(_read_state_dict(path_or_dict), model)
     encoder_keys = set(model.encoder_state_dict())
     encoder_only = set(state) <= encoder_keys
     if not encoder_only:

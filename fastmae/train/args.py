@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--accum_iter", type=int, default=1, help="micro-steps per optimizer step")
     official.add_argument("--epochs", type=int, default=400)
     official.add_argument("--warmup_epochs", type=float, default=40)
-    official.add_argument("--blr", type=float, default=1.5e-4, help="base lr: lr = blr * effective batch / 256")
+    official.add_argument("--blr", type=float, default=1e-3,
+                          help="base lr: lr = blr * effective batch / 256 (the paper's recipe passes 1.5e-4)")
     official.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     official.add_argument("--min_lr", type=float, default=0.0, help="floor of the cosine schedule")
     official.add_argument("--weight_decay", type=float, default=0.05)
@@ -43,11 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--data_path", default=None, help="dataset root (ImageFolder under DATA_PATH/train)")
     official.add_argument("--output_dir", default="./output_dir", help="checkpoints and log.txt")
     official.add_argument("--log_dir", default=None, help="TensorBoard folder (default: OUTPUT_DIR)")
-    official.add_argument("--resume", default="", help="checkpoint to continue from ('auto': latest in OUTPUT_DIR)")
+    official.add_argument("--resume", default="",
+                          help="checkpoint to continue from: fastmae's (exact) or an official one {model, optimizer, "
+                               "epoch, scaler} (from the next epoch); 'auto': the latest in OUTPUT_DIR")
     official.add_argument("--start_epoch", type=int, default=0, help="first epoch when not resuming")
     official.add_argument("--seed", type=int, default=0)
     official.add_argument("--num_workers", type=int, default=None, help="loader workers / DALI threads")
     official.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    official.add_argument("--pin_mem", action="store_true", help="pin host batches (torch loader; DALI ignores it)")
+    official.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    official.set_defaults(pin_mem=True)
+    official.add_argument("--world_size", type=int, default=1,
+                          help="number of processes; the launcher's WORLD_SIZE decides (more without one: an error)")
+    official.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                          help="passed by torch.distributed.launch; used when LOCAL_RANK is not set")
+    official.add_argument("--dist_on_itp", action="store_true",
+                          help="take rank, world size and local rank from OpenMPI's OMPI_COMM_WORLD_* variables")
+    official.add_argument("--dist_url", default="env://",
+                          help="env:// (torchrun's MASTER_ADDR/PORT) or tcp://HOST:PORT (sets them)")
 
     ours = p.add_argument_group("fastmae")
     ours.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -78,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--knn_data", default=None,
                       help="labelled ImageFolder root of the k-NN monitor (default: DATA_PATH; uses train/, val/)")
     ours.add_argument("--knn_images", type=int, default=2000, help="reference images of the k-NN monitor")
+    ours.add_argument("--file_list", default=None,
+                      help="train on the files of this list ('<path> <label>' lines, as scan-dataset writes)")
+    ours.add_argument("--skip_list", default=None, help="leave out the files named in this list (one path a line)")
+    ours.add_argument("--skip_bad", action="store_true",
+                      help="replace an image that fails to decode by the next good one, logging and counting it")
+    ours.add_argument("--config", default=None,
+                      help="YAML or JSON file of flag values (as OUTPUT_DIR/config.yaml); command-line flags override")
+    ours.add_argument("--wandb_project", default=None,
+                      help="also log to Weights & Biases under this project (needs wandb installed)")
     return p
 
 
@@ -99,7 +122,13 @@ class Settings:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    from fastmae.train.config import parse_with_config
+
+    return check_args(parse_with_config(build_parser(), argv))
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Range checks of the flag values (ValueError naming the flag); returns ``args``."""
     for name in ("batch_size", "accum_iter", "epochs", "log_every", "keep_last", "max_skipped"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -138,8 +167,9 @@ def resolve(args: argparse.Namespace, world_size: int) -> Settings:
         raise ValueError("--precision fp16 needs CUDA (a GradScaler on CPU buys nothing); use bf16 or fp32")
     compile_step = device.type == "cuda" if args.compile is None else bool(args.compile)
     loader = args.loader or ("dali" if device.type == "cuda" and _dali_installed() else "torch")
-    if loader != "synthetic" and not args.data_path:
-        raise ValueError(f"--data_path is required with --loader {loader} (or use --loader synthetic)")
+    if loader != "synthetic" and not (args.data_path or args.file_list):
+        raise ValueError(f"--data_path is required with --loader {loader}, unless --file_list is given "
+                         "(or use --loader synthetic)")
     effective_batch = args.batch_size * args.accum_iter * world_size
     lr = args.lr if args.lr is not None else args.blr * effective_batch / 256
     return Settings(device, precision, compile_step, loader, world_size, effective_batch, lr)

@@ -66,4 +66,6 @@ def build_batches(args: argparse.Namespace, loader: str, device: torch.device, r
     from fastmae.data import build_loader
 
     return build_loader(args.data_path, args.batch_size, input_size, backend=loader, device=device, rank=rank,
-                        world_size=world_size, seed=args.seed, num_workers=args.num_workers)
+                        world_size=world_size, seed=args.seed, num_workers=args.num_workers,
+                        file_list=args.file_list, skip_list=args.skip_list, skip_bad=args.skip_bad,
+                        pin_memory=args.pin_mem and device.type == "cuda")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,15 +21,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastmae._version import __version__
 from fastmae.models import load_official_checkpoint
 from fastmae.train import checkpoint as ckpt
+from fastmae.train import official
 from fastmae.train.args import Settings, describe, parse_args, resolve
 from fastmae.train.batches import BatchSource, build_batches
+from fastmae.train.config import save_config, saved_flags
 from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
 from fastmae.train.modeling import build_model, default_img_size, unwrap
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.progress import Meter, Reporter, peak_memory_gb
 from fastmae.train.schedule import lr_for_step
+from fastmae.train.signals import StopRequest, agreed_stop, exit_code, resume_command
 from fastmae.train.step import NonFiniteLossError, TrainStep
 
 
@@ -40,6 +45,8 @@ class TrainResult:
     global_step: int = 0
     checkpoint: Path | None = None
     model: nn.Module | None = None
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal ended the run early (checkpoint saved)
+    exit_code: int = 0  # what the CLI exits with: 0, or 128 + the signal number
 
 
 @dataclass
@@ -90,7 +97,9 @@ class Trainer:
         self.display_losses: list[float] = []  # losses not yet shown on the console
         self.skipped_total = 0
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
-                                 total_steps=self.total_steps, bar=False if args.no_progress else None)
+                                 total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                                 epochs=args.epochs, bar=False if args.no_progress else None,
+                                 wandb_project=args.wandb_project, config=saved_flags(args))
         self.result = TrainResult(model=unwrap(self.model))
         self.knn = None
         if args.knn_every:
@@ -129,8 +138,13 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
+        if official.is_official_training_checkpoint(state):
+            self._resume_official(path, state)
+            return
         if state.get("format") != ckpt.FORMAT:
-            raise ValueError(f"--resume {path}: not a fastmae checkpoint (use --init_from for official weights)")
+            raise ValueError(f"--resume {path}: neither a fastmae checkpoint nor an official training checkpoint "
+                             f"{{model, optimizer, epoch, ...}} (it holds {sorted(state)[:6]}); use --init_from "
+                             "to start from weights only")
         saved_model = state["args"].get("model")
         if saved_model != self.args.model:
             raise ValueError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
@@ -139,8 +153,32 @@ class Trainer:
         self.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.epoch_losses = list(state["epoch_losses"])
         ckpt.set_rng_state(state["rng"])
-        self.reporter.print(f"resumed from {path} at epoch {self.position.epoch}, step {self.position.step_in_epoch} "
-                            f"of {self.steps_per_epoch} (global step {self.position.global_step})")
+        self.init_note = (f"resumed from {path} (fastmae checkpoint: epoch {self.position.epoch}, step "
+                          f"{self.position.step_in_epoch} of {self.steps_per_epoch}, global step "
+                          f"{self.position.global_step}; weights, optimizer, RNG and data position restored)")
+
+    def _resume_official(self, path: Path, state: dict[str, object]) -> None:
+        """An official {model, optimizer, epoch, scaler} file: continue at the start of the next epoch."""
+        if self.args.fsdp:
+            raise ValueError(f"--resume {path}: an official checkpoint resumes without --fsdp (one process or DDP)")
+        model = unwrap(self.model)
+        if load_official_checkpoint(model, ckpt.model_state(state)).encoder_only:
+            raise ValueError(f"--resume {path}: encoder-only weights cannot be resumed; use --init_from")
+        self.optimizer.load_state_dict(official.convert_optimizer_state(state["optimizer"], model,
+                                                                        self.optimizer.state_dict()))
+        scaler = self.train_step.scaler
+        scaler_note = "no scaler state"
+        if state.get("scaler"):
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+                scaler_note = "GradScaler restored"
+            else:
+                scaler_note = f"its GradScaler state unused ({self.settings.precision} needs none)"
+        epoch = int(state["epoch"]) + 1  # the official files are written when epoch `epoch` is done
+        self.position = Position(epoch, 0, epoch * self.steps_per_epoch)
+        self.init_note = (f"resumed from {path} (official checkpoint: epoch {epoch - 1} done, continuing at epoch "
+                          f"{epoch}, global step {self.position.global_step}; weights and AdamW moments restored, "
+                          f"{scaler_note}; the official file has no RNG or data position)")
 
     # ---------------------------------------------------------------- the loop
     def _read_metrics(self) -> None:
@@ -169,14 +207,37 @@ class Trainer:
             "data_share": data_share,
             "peak_mem_gb": peak_memory_gb(self.device),
             "skipped": float(self.skipped_total),
+            "replaced": float(getattr(self.batches, "replaced", 0)),
         })
 
     def run(self) -> TrainResult:
+        try:
+            with StopRequest() as stop:
+                self._run(stop)
+        finally:
+            self.reporter.close()
+        return self.result
+
+    def _save_config(self) -> Path | None:
+        """OUTPUT_DIR/config.yaml (or .json): the flags and what they resolved to (rank 0)."""
+        if not self.world.is_main:
+            return None
+        settings = self.settings
+        return save_config(self.args, {
+            "device": str(settings.device), "precision": settings.precision, "compile": settings.compile,
+            "loader": settings.loader, "world_size": settings.world_size, "effective_batch": settings.effective_batch,
+            "lr": settings.lr, "input_size": self.input_size, "init": self.init_note,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "fastmae": __version__,
+            "torch": str(torch.__version__),
+        }, self.args.output_dir)
+
+    def _run(self, stop: StopRequest) -> None:
         args, pos = self.args, self.position
         resume_path = ckpt.resolve_resume(args.resume, args.output_dir)
         if resume_path is not None:
             self.resume(resume_path)
             pos = self.position
+        config_path = self._save_config()
         self.reporter.print("fastmae pretrain\n" + describe(args, self.settings, {
             "input size": self.input_size,
             "attention": args.attn,
@@ -185,10 +246,13 @@ class Trainer:
             "sharding": "FSDP2" if args.fsdp else ("DDP" if self.world.size > 1 else "none"),
             "init": self.init_note,
             "steps": f"{self.total_steps} optimizer steps, {self.steps_per_epoch} per epoch",
+            "config": f"{config_path} (log: {Path(args.output_dir) / 'train.log'})",
         }))
         meter = Meter()
+        self.reporter.start(pos.global_step)
         save_every = args.save_every
-        while pos.epoch < args.epochs and pos.global_step < self.total_steps:
+        stopping = False
+        while pos.epoch < args.epochs and pos.global_step < self.total_steps and not stopping:
             self.batches.set_epoch(pos.epoch, start_step=pos.step_in_epoch * args.accum_iter)
             batches = iter(self.batches)
             while pos.step_in_epoch < self.steps_per_epoch and pos.global_step < self.total_steps:
@@ -214,22 +278,32 @@ class Trainer:
                     self._end_epoch()  # a checkpoint at an epoch end then points at the next epoch's start
                 if (save_every and pos.global_step % save_every == 0) or (not save_every and epoch_done):
                     self.save()
-                if epoch_done:
+                stopping = agreed_stop(stop, pos.global_step, args.log_every, self.world.size, self.device)
+                if epoch_done or stopping:
                     break
         self._read_metrics()
         if self.display_losses:
             self._log(meter)
         if self.result.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
             self.save()
+        self.result.global_step = pos.global_step
+        self.reporter.summary(pos.global_step, meter, skipped=self.skipped_total,
+                              replaced=getattr(self.batches, "replaced", 0),
+                              bad_files=len(getattr(self.batches, "bad_files", ())),
+                              stopped_by=stop.name if stopping else None)
+        if stopping:
+            self.result.stopped_by, self.result.exit_code = stop.name, exit_code(stop.signum)
+            nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.size))
+            self.reporter.warn(f"stopped by {stop.name} at step {pos.global_step}; checkpoint "
+                               f"{self.result.checkpoint}. Resume with:\n  "
+                               + resume_command(str(config_path), str(self.result.checkpoint), self.world.size, nproc))
+            return
         if self.world.is_main:
             encoder_path = Path(args.output_dir) / "encoder.pth"
             encoder_keys = unwrap(self.model).encoder_state_dict().keys()
             encoder = ckpt.export_encoder({k: self.last_model_state[k] for k in encoder_keys}, encoder_path)
             self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
                                 f"encoder-only weights {encoder}")
-        self.reporter.close()
-        self.result.global_step = pos.global_step
-        return self.result
 
     def _end_epoch(self) -> None:
         pos = self.position
@@ -243,6 +317,8 @@ class Trainer:
 
 
 def train(args: argparse.Namespace) -> TrainResult:
+    """Run ``fastmae pretrain`` with parsed flags (the Python API, :func:`fastmae.train.api.pretrain`, wraps this)."""
+    official.apply_launcher_flags(args)
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
                              (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
@@ -252,16 +328,17 @@ def train(args: argparse.Namespace) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastmae.train.api import pretrain
+
     try:
-        args = parse_args(argv)
-        train(args)
+        result = pretrain(parse_args(argv))
     except (ValueError, FileNotFoundError) as error:
         print(f"fastmae pretrain: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"fastmae pretrain: stopped: {error}", file=sys.stderr)
         return 1
-    return 0
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
-"""``fastmae visualize``: masked | reconstruction | original triplets, one row per image.
+"""``fastmae visualize``: masked | reconstruction | original, one row per image, columns labelled.
 
     fastmae visualize --checkpoint out/checkpoint-00001000.pth --images val/ --out recon.png
 
 The reconstruction shows the model's prediction in the removed patches and the input in the kept
 ones, as in the MAE paper's figures. Models trained with norm_pix_loss predict each patch's
-normalised pixels; those are de-normalised with that patch's own mean and variance (taken from
-the original image), which is the only way such predictions can be viewed.
+*normalised* pixels, not its colours: to show them as a picture they are de-normalised with the
+hidden patch's true mean and variance, taken from the original image. That view uses information
+the model never had and looks better than the model is, so it is labelled as such, an extra
+"prediction only" column shows what the model predicted (every patch normalised, no true
+statistics), and the footer gives the MSE on the removed patches of the de-normalised view next to
+that of the true per-patch mean colours alone (no model at all).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,47 +71,96 @@ def load_images(files: Sequence[Path], size: int) -> torch.Tensor:
     return (torch.stack(batch) - mean) / std
 
 
+NORMALISED_VIEW = (0.5, 0.2)  # prediction-only column: a normalised value v is shown as 0.5 + 0.2 v (+-2.5 std)
+HEADER, LINE = 18, 14  # pixels of the column-label row and of each footer line
+
+
+@dataclass
+class Panels:
+    """Columns of (N, 3, H, W) pictures in [0, 1], each with its label; ``notes`` go under the grid."""
+
+    columns: list[tuple[str, torch.Tensor]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _patch_stats(imgs: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (patches (N, L, p*p*3), mean (N, L, 1), std (N, L, 1)) as the norm_pix_loss target uses them."""
+    target = patchify(imgs, p)
+    mean = target.mean(dim=-1, keepdim=True)
+    return target, mean, (target.var(dim=-1, keepdim=True) + NORM_PIX_EPS) ** 0.5
+
+
 @torch.no_grad()
-def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """imgs (N, 3, H, W) normalised -> (masked, reconstruction, original), each (N, 3, H, W) in [0, 1]."""
+def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0) -> Panels:
+    """imgs (N, 3, H, W) normalised -> labelled columns: masked, reconstruction, [prediction only], original."""
     model.eval()
     imgs = imgs.to(next(model.parameters()).device)
     p, grid = model.patch_size, model.grid_size
     noise = torch.rand(imgs.shape[0], model.num_patches, generator=torch.Generator().manual_seed(seed))
     _, pred, mask = model(imgs, mask_ratio, noise.to(imgs.device), return_pred=True)
     pred, mask = pred.float(), mask.float()
-    if model.norm_pix_loss:
-        target = patchify(imgs, p)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
     removed = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * 3), p, grid, 3)  # 1 = removed
-    recon = unpatchify(pred, p, grid, 3) * removed + imgs * (1 - removed)
     mean = torch.tensor(IMAGENET_MEAN, device=imgs.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=imgs.device).view(1, 3, 1, 1)
 
     def to_unit(x: torch.Tensor) -> torch.Tensor:
         return (x * std + mean).clamp(0, 1).cpu()
 
-    grey = torch.full_like(imgs, 0.5)
-    masked = to_unit(imgs) * (1 - removed.cpu()) + grey.cpu() * removed.cpu()
-    return masked, to_unit(recon), to_unit(imgs)
+    def paste(prediction: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        return unpatchify(prediction, p, grid, 3) * removed + visible * (1 - removed)
+
+    hidden = removed.cpu()
+    masked = to_unit(imgs) * (1 - hidden) + 0.5 * hidden
+    if not model.norm_pix_loss:
+        return Panels([("masked input", masked), ("reconstruction", to_unit(paste(pred, imgs))),
+                       ("original", to_unit(imgs))])
+    target, patch_mean, patch_std = _patch_stats(imgs, p)
+    denormalised = pred * patch_std + patch_mean
+    recon = paste(denormalised, imgs)
+    shift, scale = NORMALISED_VIEW
+    normalised = paste(pred, unpatchify((target - patch_mean) / patch_std, p, grid, 3))
+    on_removed = mask.bool()
+
+    def removed_mse(values: torch.Tensor) -> float:
+        return float(((values - target) ** 2).mean(dim=-1)[on_removed].mean())
+
+    notes = [
+        "* removed patches de-normalised with the hidden patches' TRUE mean and std, taken from the original: "
+        "information the model does not have (norm_pix_loss models predict normalised patches only)",
+        f"prediction only: every patch per-patch normalised, shown as {shift} + {scale} x value; kept patches "
+        "from the input, removed ones as predicted",
+        f"MSE on removed patches (normalised pixels): reconstruction* {removed_mse(denormalised):.4f}; "
+        f"true per-patch mean colour alone, no model {removed_mse(patch_mean.expand_as(target)):.4f}",
+    ]
+    return Panels([("masked input", masked), ("reconstruction*", to_unit(recon)),
+                   ("prediction only", (normalised * scale + shift).clamp(0, 1).cpu()), ("original", to_unit(imgs))],
+                  notes)
 
 
-def triplet_grid(masked: torch.Tensor, recon: torch.Tensor, original: torch.Tensor, gap: int = 4) -> np.ndarray:
-    """(N, 3, H, W) x 3 in [0, 1] -> (rows, cols, 3) uint8: one row per image, three tiles per row."""
-    n, _, h, w = original.shape
+def panel_grid(panels: Panels, gap: int = 4) -> np.ndarray:
+    """-> (rows, cols, 3) uint8: a label row, one row of tiles per image, then the wrapped notes."""
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = panels.columns[0][1].shape
     zoom = max(1, -(-MIN_TILE // min(h, w)))
     th, tw = h * zoom, w * zoom
-    canvas = np.full((n * th + (n + 1) * gap, 3 * tw + 4 * gap, 3), 255, dtype=np.uint8)
-    for row in range(n):
-        for col, tiles in enumerate((masked, recon, original)):
+    width = len(panels.columns) * (tw + gap) + gap
+    chars = max(20, width // 6)  # the default bitmap font is about 6 px per character
+    notes = [line for note in panels.notes for line in textwrap.wrap(note, chars)]
+    height = HEADER + n * (th + gap) + gap + LINE * len(notes) + (gap if notes else 0)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for col, (label, tiles) in enumerate(panels.columns):
+        left = gap + col * (tw + gap)
+        draw.text((left, 3), label, fill="black")
+        for row in range(n):
             tile = (tiles[row].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             tile = tile.repeat(zoom, axis=0).repeat(zoom, axis=1)
-            top, left = gap + row * (th + gap), gap + col * (tw + gap)
-            canvas[top:top + th, left:left + tw] = tile
-    return canvas
+            canvas.paste(Image.fromarray(tile), (left, HEADER + row * (th + gap) + gap))
+    top = HEADER + n * (th + gap) + gap
+    for i, line in enumerate(notes):
+        draw.text((gap, top + i * LINE), line, fill="black")
+    return np.asarray(canvas)
 
 
 def write_reconstructions(model: nn.Module, imgs: torch.Tensor, out: str | Path, mask_ratio: float = 0.75,
@@ -114,7 +169,7 @@ def write_reconstructions(model: nn.Module, imgs: torch.Tensor, out: str | Path,
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(triplet_grid(*reconstruct(model, imgs, mask_ratio, seed))).save(out, format="PNG")
+    Image.fromarray(panel_grid(reconstruct(model, imgs, mask_ratio, seed))).save(out, format="PNG")
     return out
 
 
@@ -153,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"fastmae visualize: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({imgs.shape[0]} images: masked | reconstruction | original)")
+    columns = "masked | reconstruction* | prediction only | original" if norm_pix else \
+        "masked | reconstruction | original"
+    print(f"wrote {out} ({imgs.shape[0]} images: {columns})")
     return 0
 
 
