@@ -127,8 +127,9 @@ def gpu_target_driver(arch: int = 90) -> Iterator[None]:
     """Make Triton's active driver report a CUDA target (sm_``arch``) for the duration of the block."""
     from triton.runtime import driver
 
+    previous = driver._active  # reset_active() would build the default driver, which fails without a GPU
     driver.set_active(_TargetOnlyDriver(arch))
     try:
         yield
     finally:
-        driver.reset_active()
+        driver._active = previous
