@@ -300,7 +300,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also torch.compile(reference) on CPU")
     parser.add_argument("--warmup", type=int, default=3, help="CPU warm-up runs (GPU: do_bench's own)")
     parser.add_argument("--reps", type=int, default=10, help="CPU timed runs (GPU: do_bench's own)")
+    parser.add_argument("--sizes", nargs="+", default=None, help="only the sizes of these names (e.g. vit_b16)")
+    parser.add_argument("--with-copy", action="store_true",
+                        help="also time a plain copy_ of the bytes each row must move (provider copy_)")
     return parser.parse_args(argv)
+
+
+def copy_row(row: dict[str, Any], device: torch.device, *, warmup: int, reps: int) -> dict[str, Any]:
+    """The same row for ``dst.copy_(src)`` of row["bytes"] / 2 bytes (read + written = row["bytes"])."""
+    src = torch.randint(0, 255, (row["bytes"] // 2,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = op_median_ms(lambda: dst.copy_(src), device, warmup=warmup, iters=reps)
+    return {**row, "provider": "copy_", "median_ms": ms, "gbps": row["bytes"] / (ms * 1e-3) / 1e9,
+            "peak_mem_bytes": None}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -314,12 +326,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for op in args.ops:
         for size in sizes_for(op, tiny):
+            if args.sizes and size.name not in args.sizes and not tiny:
+                continue
             torch.manual_seed(0)
             case = BUILDERS[op](size, device, dtype)
-            for row in run_case(
+            case_rows = run_case(
                 case, size, device, dtype, compile_reference=compile_reference, warmup=args.warmup, reps=args.reps
-            ):
-                rows.append({**env, **row})
+            )
+            if args.with_copy:  # one copy_ row per pass, at that pass's byte count
+                case_rows += [copy_row(r, device, warmup=args.warmup, reps=args.reps)
+                              for r in case_rows if r["provider"] == "fastmae"]
+            rows += [{**env, **row} for row in case_rows]
     path = append_jsonl(rows, args.out)
     print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['git_commit']}")
     print(markdown_table(rows, COLUMNS["ops"]))

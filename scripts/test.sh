@@ -10,6 +10,9 @@ command -v cmake >/dev/null || python -m pip install -q cmake   # the native CPU
 python -m pip install -q torch==2.13.0          # the local CPU wheel: no CUDA wheels are pulled in
 FASTMAE_BUILD_NATIVE=1 python -m pip install -q --no-build-isolation -e ".[test]"
 ruff check .
+# triton 3.6 (the GPU machine's) in a second environment: tests/test_kernel_report.py compiles the kernels with it
+FASTMAE_TRITON36_PYTHON=$(bash scripts/triton36_venv.sh)
+export FASTMAE_TRITON36_PYTHON
 set +e
 TRITON_INTERPRET=1 python -m pytest "$@"
 status=$?
