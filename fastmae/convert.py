@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fastmae.reference import LAYER_NORM_EPS, MODEL_CONFIGS, full_model_config
+from fastmae.models.configs import LAYER_NORM_EPS, MODEL_CONFIGS, full_model_config
 
 FORMATS = ("fastmae", "hf", "timm")
 HF_CONFIG, HF_WEIGHTS, HF_SAFETENSORS = "config.json", "pytorch_model.bin", "model.safetensors"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastmae.reference import resolve_model_name
+from fastmae.models.configs import resolve_model_name
 
 LINPROBE_EFFECTIVE_BATCH = 16384  # reached by --accum_iter when it is not given
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastmae import reference
 from fastmae.eval.drop_path import drop_path, drop_path_rates
-from fastmae.models import create_model
+from fastmae.models import configs, create_model
 from fastmae.models.blocks import Block, LayerNorm
+from fastmae.models.layers import PatchEmbed
 
 
 def encoder_weights_for(classifier: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -34,9 +34,9 @@ def mae_name(model: str) -> str:
                          f"vit_huge_patch14 or vit_tiny (the encoder of mae_vit_tiny)")
     name = "mae_" + model
     try:
-        reference.resolve_model_name(name)
+        configs.resolve_model_name(name)
     except ValueError:
-        known = sorted(n[4:] for n in (*reference.MODEL_CONFIGS, *reference.MODEL_ALIASES))
+        known = sorted(n[4:] for n in (*configs.MODEL_CONFIGS, *configs.MODEL_ALIASES))
         raise ValueError(f"--model {model!r}: unknown encoder; known: {', '.join(known)}") from None
     return name
 
@@ -67,15 +67,15 @@ class VisionTransformer(nn.Module):
                  linear_probe: bool, attn_backend: str) -> None:
         super().__init__()
         self.global_pool = global_pool
-        self.patch_embed = reference.PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.blocks = nn.ModuleList(DropPathBlock(embed_dim, num_heads, mlp_ratio, attn_backend, rate)
                                     for rate in drop_path_rates(drop_path_rate, depth))
         # one final norm: the encoder's ``norm`` on the cls token, or ``fc_norm`` on the pooled tokens (an
         # unused ``norm`` would be a parameter without a gradient, which DDP rejects)
-        self.norm = None if global_pool else LayerNorm(embed_dim, eps=reference.LAYER_NORM_EPS)
-        self.fc_norm = LayerNorm(embed_dim, eps=reference.LAYER_NORM_EPS) if global_pool else None
+        self.norm = None if global_pool else LayerNorm(embed_dim, eps=configs.LAYER_NORM_EPS)
+        self.fc_norm = LayerNorm(embed_dim, eps=configs.LAYER_NORM_EPS) if global_pool else None
         linear = nn.Linear(embed_dim, num_classes)
         self.head = nn.Sequential(nn.BatchNorm1d(embed_dim, affine=False, eps=1e-6), linear) if linear_probe \
             else linear

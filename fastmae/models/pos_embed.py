@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmae.reference import sincos_2d_pos_embed
+from fastmae.models.layers import sincos_pos_embed
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 SINCOS_ATOL = 1e-5  # a stored float32 table matches the float64 formula to ~1e-7
@@ -32,7 +32,7 @@ def square_grid(num_patches: int, key: str) -> tuple[int, int]:
 
 def is_sincos(table: torch.Tensor, grid: tuple[int, int]) -> bool:
     """Whether ``table`` (1, 1+gh*gw, D) is the fixed sin-cos table of ``grid`` (cls row zero)."""
-    expected = sincos_2d_pos_embed(table.shape[-1], grid).to(table.device)
+    expected = sincos_pos_embed(table.shape[-1], grid).to(table.device)
     return bool(torch.allclose(table[0].float(), expected, atol=SINCOS_ATOL, rtol=0))
 
 
@@ -46,7 +46,7 @@ def resize_pos_embed(table: torch.Tensor, new_grid: tuple[int, int], old_grid: t
         raise ValueError(f"{key}: grid {old_grid} does not match {table.shape[1] - 1} patch rows")
     dim = table.shape[-1]
     if is_sincos(table, old_grid):
-        return sincos_2d_pos_embed(dim, new_grid).unsqueeze(0).to(table.dtype)
+        return sincos_pos_embed(dim, new_grid).unsqueeze(0).to(table.dtype)
     patches = table[:, 1:].float().reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=new_grid, mode="bicubic", align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
