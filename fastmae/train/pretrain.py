@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastmae.errors import CheckpointError, FastmaeUserError, ScheduleError, one_line
 from fastmae.models import load_official_checkpoint
 from fastmae.train import checkpoint as ckpt
 from fastmae.train.args import Settings, describe, parse_args, resolve
 from fastmae.train.batches import BatchSource, build_batches
 from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
+from fastmae.train.lock import own_output_dir
 from fastmae.train.modeling import build_model, default_img_size, unwrap
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.progress import Meter, Reporter, peak_memory_gb
@@ -61,7 +63,8 @@ class Trainer:
         model = build_model(args.model, attn_backend=args.attn, norm_pix_loss=args.norm_pix_loss,
                              img_size=self.input_size)
         if args.init_from:
-            loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
+            with ckpt.fitting(f"--init_from {args.init_from}"):
+                loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
             self.init_note = f"{args.init_from} ({'encoder only' if loaded.encoder_only else 'full'})"
         else:
             self.init_note = "random (official init)"
@@ -124,15 +127,18 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state.get("format") != ckpt.FORMAT:
-            raise ValueError(f"--resume {path}: not a fastmae checkpoint (use --init_from for official weights)")
+            raise CheckpointError(f"--resume {path}: not a fastmae checkpoint (use --init_from for official weights)")
         saved_model = state["args"].get("model")
         if saved_model != self.args.model:
-            raise ValueError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
-        ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"], self.args.fsdp)
-        self.train_step.load_state_dict(state["train_step"])
+            raise CheckpointError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
+        with ckpt.fitting(f"--resume {path}"):
+            ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"],
+                                        self.args.fsdp)
+            self.train_step.load_state_dict(state["train_step"])
         self.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.epoch_losses = list(state["epoch_losses"])
         ckpt.set_rng_state(state["rng"])
+        self.reporter.forget_epochs_from(self.position.epoch)  # logged after this checkpoint: logged again
         self.reporter.print(f"resumed from {path} at epoch {self.position.epoch}, step {self.position.step_in_epoch} "
                             f"of {self.steps_per_epoch} (global step {self.position.global_step})")
 
@@ -171,6 +177,7 @@ class Trainer:
         if resume_path is not None:
             self.resume(resume_path)
             pos = self.position
+        self._check_trains_something(resume_path)
         self.reporter.print("fastmae pretrain\n" + describe(args, self.settings, {
             "input size": self.input_size,
             "attention": args.attn,
@@ -213,7 +220,7 @@ class Trainer:
         if self.result.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
             self.save()
         if self.world.is_main:
-            encoder_path = Path(args.output_dir) / "encoder.pth"
+            encoder_path = Path(args.output_dir) / ckpt.ENCODER_FILE
             encoder_keys = unwrap(self.model).encoder_state_dict().keys()
             encoder = ckpt.export_encoder({k: self.last_model_state[k] for k in encoder_keys}, encoder_path)
             self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
@@ -221,6 +228,17 @@ class Trainer:
         self.reporter.close()
         self.result.global_step = pos.global_step
         return self.result
+
+    def _check_trains_something(self, resumed: Path | None) -> None:
+        args, pos = self.args, self.position
+        if pos.epoch < args.epochs and pos.global_step < self.total_steps:
+            return
+        where = (f"--resume {resumed} is at epoch {pos.epoch}, global step {pos.global_step}" if resumed else
+                 f"--start_epoch {args.start_epoch} starts at global step {pos.global_step}")
+        end = (f"--epochs {args.epochs}" if pos.epoch >= args.epochs else
+               f"--max_steps {args.max_steps}")
+        raise ScheduleError(f"{where}, already the end set by {end}: this schedule trains nothing; "
+                            f"raise {end.split()[0]} (or lower --start_epoch)")
 
     def _end_epoch(self) -> None:
         pos = self.position
@@ -237,7 +255,8 @@ def train(args: argparse.Namespace) -> TrainResult:
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
                              (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
-        return Trainer(args, world).run()
+        with own_output_dir(args.output_dir, world):
+            return Trainer(args, world).run()
     finally:
         shutdown(world)
 
@@ -246,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         train(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"fastmae pretrain: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FastmaeUserError) as error:
+        print(f"fastmae pretrain: error: {one_line(error)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"fastmae pretrain: stopped: {error}", file=sys.stderr)

@@ -90,11 +90,38 @@ class Reporter:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def forget_epochs_from(self, epoch: int) -> None:
+        """Drop log.txt lines of epochs >= ``epoch``: a resume from an earlier checkpoint logs them again.
+
+        (A kill between an epoch's log line and its checkpoint would otherwise leave that epoch twice.)
+        """
+        if not self.enabled or not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_epoch(line) is None or _logged_epoch(line) < epoch]
+        if len(kept) == len(lines):
+            return
+        tmp = self.log_path.with_name(f".{self.log_path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as handle:
+            handle.writelines(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.log_path)
+
     def close(self) -> None:
         if self.bar:
             sys.stdout.write("\n")
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _logged_epoch(line: str) -> int | None:
+    """The epoch of one log.txt line (None for a line that is not one of ours)."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 def _summary_writer(log_dir: str):
