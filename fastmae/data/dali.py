@@ -111,15 +111,19 @@ class DaliLoader(EpochLoader):
             seed=_pipeline_seed(cfg.seed, self.epoch, cfg.rank, start_step),
             hw_decoder_load=self.hw_decoder_load,
         )
-        iterator = dali_iterator_class(
-            [pipe],
-            ["images", "labels"],
-            reader_name="Reader",
-            last_batch_policy=last_batch_policy.DROP,
-            auto_reset=False,
-        )
         step = 0
+        iterator = None
         try:
+            try:  # the iterator runs the first batch in its constructor: same naming path as the others
+                iterator = dali_iterator_class(
+                    [pipe],
+                    ["images", "labels"],
+                    reader_name="Reader",
+                    last_batch_policy=last_batch_policy.DROP,
+                    auto_reset=False,
+                )
+            except RuntimeError as error:
+                raise self._decode_error(batches, step, error) from error
             while True:
                 try:
                     output = next(iterator)
@@ -155,6 +159,10 @@ class DaliLoader(EpochLoader):
 
 
 def _dali_detail(error: Exception) -> str:
+    """The line of DALI's message that says what failed: after 'encountered:', else its last line."""
     text = str(error)
     marker = "encountered:"
-    return text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else ""
+    if marker in text:
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if len(lines) > 1 else ""

@@ -50,8 +50,12 @@ def load_rgb(path: str):
     """
     from PIL import Image
 
+    from fastmae.data.files import not_regular
     from fastmae.errors import ImageDecodeError
 
+    kind = not_regular(path)
+    if kind is not None:  # opening a FIFO would block forever
+        raise ImageDecodeError(f"cannot decode image {path}: not a regular file ({kind})")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() forces the full decode inside the try
