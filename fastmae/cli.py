@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'fastmae COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"fastmae {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the full traceback of an error (as FASTMAE_DEBUG=1 does)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -43,14 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand. A user's mistake (see fastmae.errors) ends in one line on stderr and exit 2;
+    any other exception is a bug and keeps its traceback, as does every error with --verbose or
+    FASTMAE_DEBUG=1."""
     args = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(args) and args[0] == "--verbose"
+    args = args[verbose:]
     parser = build_parser()
     if not args or args[0] not in SUBCOMMANDS:
         parser.parse_args(args)  # handles --help / --version / unknown commands
         parser.print_help()
         return 2
     module = importlib.import_module(SUBCOMMANDS[args[0]][0])
-    return int(module.main(args[1:]) or 0)
+    from fastmae.errors import USER_ERRORS, one_line
+
+    try:
+        return int(module.main(args[1:]) or 0)
+    except USER_ERRORS as error:
+        from fastmae.ops._backend import debug_checks_enabled
+
+        if verbose or debug_checks_enabled():
+            raise
+        print(f"fastmae {args[0]}: error: {one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

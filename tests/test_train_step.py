@@ -104,3 +104,29 @@ def test_build_train_step_for_benchmarks():
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     with pytest.raises(ValueError, match="precision"):
         build_train_step("mae_vit_test", device="cpu", precision="fp8", compile_model=False)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_non_finite_gradient_with_a_finite_loss_skips_the_update(poison, autocast_dtype):
+    model = create_model("mae_vit_test")
+    step, optimizer = make_step(model, autocast_dtype=autocast_dtype)
+    good = torch.randn(2, 3, 16, 16)
+    step(0, [good])
+    params, state = snapshot(model, optimizer)
+    target = model.blocks[0].mlp.fc1.weight  # one element of one gradient goes bad; the loss stays finite
+    hook = target.register_hook(lambda grad: grad.index_put((torch.tensor([1]), torch.tensor([2])),
+                                                            torch.tensor(poison, dtype=grad.dtype)))
+    step(1, [good])
+    hook.remove()
+    metrics = step.read_metrics()
+    assert all(torch.isfinite(torch.tensor(metrics.losses)))
+    assert metrics.skipped_total == 1
+    for name, param in model.named_parameters():
+        assert torch.equal(param, params[name]), f"{name} changed on a step with a non-finite gradient"
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            assert torch.equal(value, state[id(param)][key]), f"optimizer {key} changed"
+    step(2, [good])  # the next clean step updates again
+    assert step.read_metrics().skipped_total == 1
+    assert not torch.equal(target, params["blocks.0.mlp.fc1.weight"])

@@ -202,6 +202,10 @@ class _BatchFailed(Exception):
 
 
 def _dali_detail(error: Exception) -> str:
+    """The line of DALI's message that says what failed: after 'encountered:', else its last line."""
     text = str(error)
     marker = "encountered:"
-    return text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else ""
+    if marker in text:
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if len(lines) > 1 else ""

@@ -9,6 +9,8 @@ uninterrupted run.
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +42,20 @@ def image_folder(root: str | os.PathLike) -> FileSet:
         )
     paths: list[str] = []
     labels: list[int] = []
+    skipped: list[str] = []
     for label, name in enumerate(classes):
         for folder, _, names in sorted(os.walk(root / name)):
+            entries = {entry.name: entry for entry in os.scandir(folder)}  # file kinds from readdir, no stat
             for file_name in sorted(names):
                 if file_name.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(folder, file_name))
+                    entry = entries.get(file_name)
+                    path = os.path.join(folder, file_name)
+                    if entry is None or not entry.is_file():
+                        skipped.append(path)
+                        continue
+                    paths.append(path)
                     labels.append(label)
+    _warn_skipped(skipped, f"data_path {root}")
     if not paths:
         raise ValueError(f"data_path: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return FileSet(tuple(paths), tuple(labels))
@@ -72,9 +82,36 @@ def read_file_list(list_path: str | os.PathLike) -> FileSet:
             raise ValueError(f"file_list: {list_path}:{line_number}: expected '<path> <label>', got {line!r}")
         paths.append(str(base / path) if not os.path.isabs(path) else path)
         labels.append(int(label))
+    regular = [i for i, path in enumerate(paths) if not_regular(path) is None]
+    _warn_skipped([p for i, p in enumerate(paths) if i not in set(regular)], f"file_list {list_path}")
+    paths, labels = [paths[i] for i in regular], [labels[i] for i in regular]
     if not paths:
         raise ValueError(f"file_list: {list_path} lists no files")
     return FileSet(tuple(paths), tuple(labels))
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is not a regular file ('FIFO', 'socket', ...), else None.
+
+    Opening a FIFO for reading blocks until a writer appears, so nothing here opens such a path.
+    A missing path is None: the decoder's error names it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
+
+
+def _warn_skipped(skipped: list[str], where: str) -> None:
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warnings.warn(f"{where}: skipped {len(skipped)} path(s) that are not a regular file (FIFO, socket, "
+                      f"device or broken link; never opened): {shown}", UserWarning, stacklevel=3)
 
 
 def write_file_list(list_path: str | os.PathLike, files: FileSet) -> None:

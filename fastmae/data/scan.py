@@ -1,7 +1,8 @@
 """``fastmae scan-dataset PATH``: check every image, report, write a file list without the bad ones.
 
 The fast check reads each file's header with PIL (format, size, colour mode) and checks that a
-JPEG ends with its end-of-image marker (a PNG with its IEND chunk), which catches truncated
+JPEG's marker stream reaches its end-of-image marker (bytes after it are fine; a PNG must end
+with its IEND chunk), which catches truncated
 files without decoding them. ``--full-decode`` also decodes every pixel. Files the loaders
 handle (grayscale, CMYK, PNG data named .JPEG, ...) are kept and counted as notes; unreadable,
 non-image, truncated and (with --full-decode) undecodable files are left out of the list.
@@ -20,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastmae.data.files import FileSet, resolve_files, write_file_list
+from fastmae.data.files import FileSet, not_regular, resolve_files, write_file_list
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 GRAY_FILL_ROWS = 8
@@ -35,10 +36,34 @@ class ImageCheck:
     note: str | None = None
 
 
+def _jpeg_reaches_end(data: bytes) -> bool:
+    """Whether the JPEG stream reaches its end-of-image marker; bytes after it (camera trailers,
+    padding) are allowed, as decoders ignore them.
+
+    Walks the markers: segments are skipped by their length (so an EXIF thumbnail's own end marker
+    does not count); in entropy-coded data 0xFF is followed by 0x00 (stuffing) or a restart marker,
+    so the first other 0xFF xx there is the next real marker.
+    """
+    pos, size = 2, len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= size:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # stuffing, TEM, RSTn, SOI: no length
+            pos += 2
+        else:  # a segment: 2-byte big-endian length that counts itself
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+
+
 def _end_marker_problem(data: bytes, image_format: str) -> str | None:
-    tail = data.rstrip(b"\x00")  # some writers pad after the end marker
-    if image_format == "JPEG" and not tail.endswith(b"\xff\xd9"):
+    if image_format == "JPEG" and not _jpeg_reaches_end(data):
         return "truncated: no JPEG end-of-image marker"
+    tail = data.rstrip(b"\x00")  # some writers pad after the end marker
     if image_format == "PNG" and b"IEND" not in tail[-16:]:
         return "truncated: no PNG IEND chunk"
     return None
@@ -61,6 +86,9 @@ def check_image(path: str, full_decode: bool = False) -> ImageCheck:
 
     from fastmae.data.transforms import load_rgb
 
+    kind = not_regular(path)
+    if kind is not None:  # checked before any open: opening a FIFO blocks until a writer comes
+        return ImageCheck(path, problem=f"not a regular file ({kind})")
     try:
         data = Path(path).read_bytes()
     except OSError as error:

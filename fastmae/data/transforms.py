@@ -45,15 +45,23 @@ def random_resized_crop_window(
 def load_rgb(path: str):
     """Decode ``path`` fully as an RGB PIL image (grayscale, CMYK, palette, misnamed PNG all work).
 
-    Any failure (unreadable, not an image, truncated, corrupt) raises OSError naming the file.
+    Any failure (unreadable, not an image, truncated, corrupt) raises ImageDecodeError (an OSError)
+    naming the file.
     """
     from PIL import Image
 
+    from fastmae.data.files import not_regular
+    from fastmae.errors import ImageDecodeError
+
+    kind = not_regular(path)
+    if kind is not None:  # opening a FIFO would block forever
+        raise ImageDecodeError(f"cannot decode image {path}: not a regular file ({kind})")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() forces the full decode inside the try
     except Exception as error:
-        raise OSError(f"cannot decode image {path}: {type(error).__name__}: {error}") from error
+        raise ImageDecodeError(f"cannot decode image {path}: {type(error).__name__}: {error} (run 'fastmae "
+                               "scan-dataset DATA_PATH' to find such files and train on its clean list)") from error
 
 
 def crop_resize_flip(

@@ -10,6 +10,7 @@ the epoch), ``args`` (the flags as a dict), ``rng`` (torch, CUDA, numpy and Pyth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -18,8 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastmae.errors import CheckpointError, one_line
+
 FORMAT = "fastmae-checkpoint-1"
-_NAME = re.compile(r"checkpoint-(\d+)\.pth$")
+ENCODER_FILE = "encoder.pth"
+_NAME = re.compile(r"checkpoint-(\d{8,})\.pth")  # matched in full: 'my_checkpoint-00000001.pth' is not ours
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # what atomic_save writes before its rename
 
 
 # --------------------------------------------------------------------------------------
@@ -61,7 +66,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file next to ``path``, fsync it, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the _TEMPORARY pattern
     try:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
@@ -82,13 +87,39 @@ def checkpoint_path(output_dir: str | os.PathLike, global_step: int) -> Path:
     return Path(output_dir) / f"checkpoint-{global_step:08d}.pth"
 
 
+def is_fastmae_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds fastmae's format marker (read with mmap: the tensors are not loaded)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable, not a zip, not plain data: not ours either way
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """fastmae checkpoints in ``output_dir``, oldest first."""
+    """fastmae's own checkpoints in ``output_dir`` (exact file name and format marker), oldest first.
+
+    Other files, even ones named like a checkpoint, are never listed, so never pruned or resumed from.
+    """
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
-    return [p for _, p in sorted(found)]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found) if is_fastmae_checkpoint(p)]
+
+
+def remove_temporaries(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete what a killed :func:`atomic_save` of a checkpoint or the encoder left; only the lock holder may."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and (_NAME.fullmatch(match.group(1)) or match.group(1) == ENCODER_FILE):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
@@ -115,11 +146,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     The official files pickle an ``argparse.Namespace`` under 'args'; that one class is allowed so
     they also load without ``weights_only=False``.
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # missing, unreadable: the OSError names the file
+    except Exception as error:  # not a zip / pickle, truncated, or objects weights_only refuses
+        raise CheckpointError(f"{path} is not a readable checkpoint ({one_line(error)[:200]}); "
+                              "give a file written by fastmae or the official MAE code") from error
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     return checkpoint
+
+
+@contextlib.contextmanager
+def fitting(source: str):
+    """Report a state that does not fit the model (missing or unexpected keys, size mismatch) as a
+    CheckpointError naming ``source`` (the flag and file)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{source} does not fit this model and these flags: {one_line(error)}") from error
 
 
 def model_state(checkpoint: dict[str, object]) -> dict[str, torch.Tensor]:

@@ -67,6 +67,16 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def all_agree(world: World, ok: bool) -> bool:
+    """Whether ``ok`` holds on every rank (one all-reduce; just ``ok`` in a single process)."""
+    if world.size == 1 or not dist.is_initialized():
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def barrier(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.barrier()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fastmae._version import __version__
+from fastmae.errors import CheckpointError, FastmaeUserError, ScheduleError, one_line
 from fastmae.models import load_official_checkpoint
 from fastmae.train import checkpoint as ckpt
 from fastmae.train import official
@@ -29,6 +30,7 @@ from fastmae.train.args import Settings, describe, parse_args, resolve
 from fastmae.train.batches import BatchSource, build_batches
 from fastmae.train.config import save_config, saved_flags
 from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
+from fastmae.train.lock import own_output_dir
 from fastmae.train.modeling import build_model, default_img_size, unwrap
 from fastmae.train.optim import build_optimizer, set_lr
 from fastmae.train.progress import Meter, Reporter, peak_memory_gb
@@ -68,7 +70,8 @@ class Trainer:
         model = build_model(args.model, attn_backend=args.attn, norm_pix_loss=args.norm_pix_loss,
                              img_size=self.input_size)
         if args.init_from:
-            loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
+            with ckpt.fitting(f"--init_from {args.init_from}"):
+                loaded = load_official_checkpoint(model, ckpt.model_state(ckpt.load_checkpoint(args.init_from)))
             self.init_note = f"{args.init_from} ({'encoder only' if loaded.encoder_only else 'full'})"
         else:
             self.init_note = "random (official init)"
@@ -142,17 +145,20 @@ class Trainer:
             self._resume_official(path, state)
             return
         if state.get("format") != ckpt.FORMAT:
-            raise ValueError(f"--resume {path}: neither a fastmae checkpoint nor an official training checkpoint "
+            raise CheckpointError(f"--resume {path}: neither a fastmae checkpoint nor an official training checkpoint "
                              f"{{model, optimizer, epoch, ...}} (it holds {sorted(state)[:6]}); use --init_from "
                              "to start from weights only")
         saved_model = state["args"].get("model")
         if saved_model != self.args.model:
-            raise ValueError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
-        ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"], self.args.fsdp)
-        self.train_step.load_state_dict(state["train_step"])
+            raise CheckpointError(f"--resume {path} was trained with --model {saved_model}, not {self.args.model}")
+        with ckpt.fitting(f"--resume {path}"):
+            ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"],
+                                        self.args.fsdp)
+            self.train_step.load_state_dict(state["train_step"])
         self.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.epoch_losses = list(state["epoch_losses"])
         ckpt.set_rng_state(state["rng"])
+        self.reporter.forget_epochs_from(self.position.epoch)  # logged after this checkpoint: logged again
         self.init_note = (f"resumed from {path} (fastmae checkpoint: epoch {self.position.epoch}, step "
                           f"{self.position.step_in_epoch} of {self.steps_per_epoch}, global step "
                           f"{self.position.global_step}; weights, optimizer, RNG and data position restored)")
@@ -237,6 +243,7 @@ class Trainer:
         if resume_path is not None:
             self.resume(resume_path)
             pos = self.position
+        self._check_trains_something(resume_path)
         config_path = self._save_config()
         self.reporter.print("fastmae pretrain\n" + describe(args, self.settings, {
             "input size": self.input_size,
@@ -299,11 +306,22 @@ class Trainer:
                                + resume_command(str(config_path), str(self.result.checkpoint), self.world.size, nproc))
             return
         if self.world.is_main:
-            encoder_path = Path(args.output_dir) / "encoder.pth"
+            encoder_path = Path(args.output_dir) / ckpt.ENCODER_FILE
             encoder_keys = unwrap(self.model).encoder_state_dict().keys()
             encoder = ckpt.export_encoder({k: self.last_model_state[k] for k in encoder_keys}, encoder_path)
             self.reporter.print(f"done: {pos.global_step} steps; checkpoint {self.result.checkpoint}, "
                                 f"encoder-only weights {encoder}")
+
+    def _check_trains_something(self, resumed: Path | None) -> None:
+        args, pos = self.args, self.position
+        if pos.epoch < args.epochs and pos.global_step < self.total_steps:
+            return
+        where = (f"--resume {resumed} is at epoch {pos.epoch}, global step {pos.global_step}" if resumed else
+                 f"--start_epoch {args.start_epoch} starts at global step {pos.global_step}")
+        end = (f"--epochs {args.epochs}" if pos.epoch >= args.epochs else
+               f"--max_steps {args.max_steps}")
+        raise ScheduleError(f"{where}, already the end set by {end}: this schedule trains nothing; "
+                            f"raise {end.split()[0]} (or lower --start_epoch)")
 
     def _end_epoch(self) -> None:
         pos = self.position
@@ -322,7 +340,8 @@ def train(args: argparse.Namespace) -> TrainResult:
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
                              (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
-        return Trainer(args, world).run()
+        with own_output_dir(args.output_dir, world):
+            return Trainer(args, world).run()
     finally:
         shutdown(world)
 
@@ -332,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = pretrain(parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"fastmae pretrain: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FastmaeUserError) as error:
+        print(f"fastmae pretrain: error: {one_line(error)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"fastmae pretrain: stopped: {error}", file=sys.stderr)

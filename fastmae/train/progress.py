@@ -167,6 +167,24 @@ class Reporter:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def forget_epochs_from(self, epoch: int) -> None:
+        """Drop log.txt lines of epochs >= ``epoch``: a resume from an earlier checkpoint logs them again.
+
+        (A kill between an epoch's log line and its checkpoint would otherwise leave that epoch twice.)
+        """
+        if not self.enabled or not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_epoch(line) is None or _logged_epoch(line) < epoch]
+        if len(kept) == len(lines):
+            return
+        tmp = self.log_path.with_name(f".{self.log_path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as handle:
+            handle.writelines(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.log_path)
+
     def close(self) -> None:
         for tracker in self._trackers:
             tracker.close()
@@ -174,3 +192,12 @@ class Reporter:
         if self._logging is not None:
             self._logging.close()
             self._logging = None
+
+
+def _logged_epoch(line: str) -> int | None:
+    """The epoch of one log.txt line (None for a line that is not one of ours)."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None

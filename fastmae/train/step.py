@@ -11,7 +11,8 @@ What happens per optimizer step (``accum_iter`` micro-steps):
   recompiles;
 * inner micro-steps run under DDP's ``no_sync`` (FSDP2: ``set_requires_gradient_sync(False)``) so
   gradients are reduced once per step;
-* a non-finite loss skips the update on the device: the flag goes to fused AdamW as ``found_inf``
+* a non-finite loss, or a non-finite gradient under a finite loss, skips the update on the device:
+  the flag (from a foreach max-abs norm of the gradients) goes to fused AdamW as ``found_inf``
   (the GradScaler mechanism), so nothing is read back. Counters of skipped steps live on the device
   and are read with the loss every ``--log_every`` steps (:meth:`TrainStep.read_metrics`).
 """
@@ -115,8 +116,23 @@ class TrainStep:
         self._losses[self._filled % self._losses.numel()] = loss_sum / self.accum_iter
         self._filled += 1
 
+    def _nonfinite_gradients(self) -> torch.Tensor:
+        """0-dim bool on the device: whether any gradient (this rank's shard under FSDP) holds inf/NaN.
+
+        The max-abs norm of every gradient in one foreach reduction: finite for any finite gradient,
+        inf or NaN otherwise; nothing is read back.
+        """
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: DTensor shards
+        if not grads:
+            return torch.zeros((), dtype=torch.bool, device=self.device)
+        return ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True))
+
     def _apply_update(self, loss_sum: torch.Tensor) -> None:
-        nonfinite = (~torch.isfinite(loss_sum)).float()
+        nonfinite = ~torch.isfinite(loss_sum)
+        if self.scaler is None:  # the GradScaler checks the gradients itself
+            nonfinite |= self._nonfinite_gradients()
+        nonfinite = nonfinite.float()
         if self.world_size > 1 and dist.is_initialized():
             # one rank's NaN makes every rank's all-reduced gradient NaN: all must skip together
             dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)

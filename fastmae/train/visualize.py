@@ -200,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         norm_pix = args.norm_pix_loss if args.norm_pix_loss is not None else bool(saved.get("norm_pix_loss", False))
         size = args.input_size or saved.get("input_size") or default_img_size(name)
         model = build_model(name, norm_pix_loss=norm_pix, img_size=size)
-        if load_official_checkpoint(model, ckpt.model_state(checkpoint)).encoder_only:
+        with ckpt.fitting(f"--checkpoint {args.checkpoint}"):
+            encoder_only = load_official_checkpoint(model, ckpt.model_state(checkpoint)).encoder_only
+        if encoder_only:
             raise ValueError(f"{args.checkpoint} has no decoder weights (encoder-only file?): a reconstruction "
                              "needs a full checkpoint")
         imgs = load_images(image_files(args.images)[: args.max_images], size)
