@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from fastmae.reference import resolve_model_name
+    from fastmae.models.configs import resolve_model_name
 
     if args.batch_size < 1:
         raise SystemExit(f"fastmae memory: --batch_size must be >= 1, got {args.batch_size}")

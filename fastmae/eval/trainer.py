@@ -169,7 +169,8 @@ class EvalTrainer:
         self.evaluated_at = -1  # global step of the last evaluation
         self.checkpoint: Path | None = None
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
-                                 total_steps=self.total_steps, bar=False if args.no_progress else None)
+                                 total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                                 epochs=args.epochs, bar=False if args.no_progress else None)
 
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> Path:

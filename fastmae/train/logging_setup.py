@@ -61,7 +61,12 @@ class RunLogging:
         to_file = logging.FileHandler(self.path, encoding="utf-8")
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handlers: list[logging.Handler] = [console, to_file]
+        # one run logs at a time in a process: drop handlers a run that ended without close() left behind
+        for stale in [h for h in self.logger.handlers if getattr(h, "fastmae_run", False)]:
+            self.logger.removeHandler(stale)
+            stale.close()
         for handler in self.handlers:
+            handler.fastmae_run = True  # type: ignore[attr-defined]
             self.logger.addHandler(handler)
         if self.logger.level == logging.NOTSET or self.logger.level > logging.INFO:
             self.logger.setLevel(logging.INFO)

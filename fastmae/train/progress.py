@@ -152,11 +152,9 @@ class Reporter:
                  f"undecodable images replaced {replaced} ({bad_files} files)")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        """TensorBoard scalars under their full names (e.g. ``test/acc1``, ``knn/top1``) at ``step``."""
-        if self._tensorboard is not None:
-            for name, value in values.items():
-                if math.isfinite(value):
-                    self._tensorboard.add_scalar(name, value, step)
+        """Tracker scalars under their full names (e.g. ``test/acc1``, ``knn/top1``) at ``step``."""
+        for tracker in self._trackers:
+            tracker.scalars(step, values, prefix="")
 
     def epoch(self, stats: dict[str, object]) -> None:
         """Append one JSON line to log.txt, like the official ``{"train_lr":..., "train_loss":..., "epoch":...}``."""

@@ -15,7 +15,7 @@ TENSORBOARD_MISSING = ("tensorboard is not installed: TensorBoard scalars are of
 
 
 class Tracker(Protocol):
-    def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train/") -> None: ...
 
     def close(self) -> None: ...
 
@@ -24,10 +24,10 @@ class TensorBoardTracker:
     def __init__(self, writer) -> None:
         self._writer = writer
 
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train/") -> None:
         for name, value in values.items():
             if math.isfinite(value):
-                self._writer.add_scalar(f"train/{name}", value, step)
+                self._writer.add_scalar(f"{prefix}{name}", value, step)
 
     def close(self) -> None:
         self._writer.close()
@@ -37,8 +37,8 @@ class WandbTracker:
     def __init__(self, run) -> None:
         self._run = run
 
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        self._run.log({f"train/{name}": value for name, value in values.items() if math.isfinite(value)}, step=step)
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train/") -> None:
+        self._run.log({f"{prefix}{name}": value for name, value in values.items() if math.isfinite(value)}, step=step)
 
     def close(self) -> None:
         self._run.finish()
