@@ -8,18 +8,9 @@ from op_testing import BACKENDS, assert_bitwise_equal, assert_dtype_rule
 
 from fastmae.ops.masking import random_masking
 from fastmae.ops.unshuffle import unshuffle_with_mask_token
+from fastmae.reference import decoder_input as reference_decoder_input
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
-
-
-def reference_decoder_input(x, mask_token, ids_restore, pos_embed):  # type: ignore[no-untyped-def]
-    """The official forward_decoder steps between decoder_embed and the blocks."""
-    n, length = ids_restore.shape
-    mask_tokens = mask_token.expand(n, length + 1 - x.shape[1], -1)
-    x_ = torch.cat([x[:, 1:, :], mask_tokens.to(x.dtype)], dim=1)
-    x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    x = torch.cat([x[:, :1, :], x_], dim=1)
-    return x + pos_embed if pos_embed is not None else x
 
 
 @pytest.fixture(params=BACKENDS)

@@ -124,6 +124,7 @@ class TrainStep:
         """
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: DTensor shards
+        grads = [g for g in grads if g.numel()]  # a rank's FSDP2 shard can be empty (no inf-norm identity)
         if not grads:
             return torch.zeros((), dtype=torch.bool, device=self.device)
         return ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True))
