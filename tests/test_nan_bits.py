@@ -106,10 +106,8 @@ def test_patchify_gather_keeps_nonfinite_bits(dtype, backend, device, monkeypatc
 
 
 # (x_vis, mask_token, pos_embed) dtypes: every output dtype, and the trainer's bf16 tokens + float32 parameters
-# the fp32 -> bf16 rounding of the unshuffle backward has no NaN guard yet (the shared NaN-safe helper fixes it)
-_UNGUARDED = pytest.mark.xfail(reason="unshuffle's _cast_fp32 turns NaN 0x7FFFFFFF into -0.0", strict=False)
 UNSHUFFLE_DTYPES = [(F32, F32, F32), (BF16, BF16, BF16), (F16, F16, F16),
-                    pytest.param((BF16, F32, F32), marks=_UNGUARDED), (BF16, BF16, None)]
+                    (BF16, F32, F32), (BF16, BF16, None)]
 
 
 @pytest.mark.parametrize("dtypes", UNSHUFFLE_DTYPES, ids=str)
