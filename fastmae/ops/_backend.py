@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from fastmae import _native
+from fastmae._validation import assert_id_values, check_id_values
 
 Backend = Literal["triton", "native", "torch"]
 BACKEND_CHOICES = ("auto", "triton", "native", "torch")
@@ -103,3 +104,17 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 def debug_value_checks() -> bool:
     """Run the value checks (ids in range; a host sync): debug mode, in eager code only (they cannot be traced)."""
     return debug_checks_enabled() and not torch.compiler.is_compiling()
+
+
+def check_ids_values(ids: torch.Tensor, num_patches: int, name: str, *, validate: bool) -> None:
+    """The one rule for patch-id values at an op's functional API (every id in [0, L), none repeated in a row).
+
+    ``validate`` is False for ids fastmae's own masking made (valid by construction: the model's training
+    step passes them); those skip the device-side check. Ids a caller passes get :func:`assert_id_values`
+    (device-side assertions, no host sync). Debug mode, in eager code, checks every call on the host instead
+    (:func:`check_id_values`: a ValueError naming the offending index).
+    """
+    if debug_value_checks():
+        check_id_values(ids, num_patches, name)
+    elif validate:
+        assert_id_values(ids, num_patches, name)

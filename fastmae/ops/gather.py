@@ -37,8 +37,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import check_id_values, check_ids, check_patch_batch, patch_shape
-from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
+from fastmae._validation import check_ids, check_patch_batch, patch_shape
+from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
 from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
 from fastmae.ops._triton_helpers import patch_element_offset
 
@@ -194,20 +194,23 @@ _patchify_gather_backward_op.register_autograd(_double_backward, setup_context=_
 # ----------------------------------------------------------------------------- public API
 
 
-def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
+def patchify_gather(
+    imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int | Sequence[int], *, validate_ids: bool = True
+) -> torch.Tensor:
     """Visible patches of an image or video batch, channel-last, in one pass.
 
     imgs: (N, C, H, W) with patch_size p or (ph, pw), or (N, C, T, H, W) with a tubelet (pt, ph, pw);
         float32/bfloat16/float16, any strides.
     ids_keep: (N, K) int64, distinct patch indices in [0, L) per row (e.g. ``random_masking(...).ids_keep``).
+    validate_ids: assert on the device (no host sync) that ids_keep holds distinct ids in [0, L): a
+        RuntimeError naming ids_keep otherwise. Pass False only for ids fastmae's masking made (the model does).
     Returns (N, K, pt*ph*pw*C) in imgs' dtype: ``reference.patchify(imgs, p)`` gathered on ``ids_keep``.
-    Differentiable in imgs (a scatter into zeros). FASTMAE_DEBUG=1 also checks the id values.
+    Differentiable in imgs (a scatter into zeros). FASTMAE_DEBUG=1 checks the id values on the host instead.
     """
     patch, grid = check_patch_batch(imgs, patch_size)
     num_patches = math.prod(grid)
     check_ids(ids_keep, imgs.shape[0], num_patches, imgs.device)
-    if debug_value_checks():
-        check_id_values(ids_keep, num_patches, "ids_keep")
+    check_ids_values(ids_keep, num_patches, "ids_keep", validate=validate_ids)
     return torch.ops.fastmae.patchify_gather(imgs, ids_keep, list(patch))
 
 

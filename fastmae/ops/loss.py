@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import FLOAT_DTYPES, check_float, check_id_values, check_patch_batch, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
+from fastmae._validation import FLOAT_DTYPES, check_float, check_patch_batch, check_tensor, same_device
+from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
 from fastmae.ops._layout import as_video, patch_grid_view, patch_rows, video_strides
 from fastmae.ops._triton_helpers import narrow_fp32, patch_element_offset
 
@@ -549,13 +549,15 @@ def _backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, .
 _masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def removed_ids(ids_restore: torch.Tensor, num_keep: int) -> torch.Tensor:
+def removed_ids(ids_restore: torch.Tensor, num_keep: int, *, validate_ids: bool = True) -> torch.Tensor:
     """The removed patches ``ids_shuffle[:, K:]`` (B, L-K) int64 from a masking's ``ids_restore`` (B, L) and K,
     in the order a removed-only pred's rows come: one O(B*L) scatter inverts the permutation (no sort).
 
     For callers that hold only ids_restore: ``masked_mse_loss`` calls it once when given ids_restore with a
     removed-only pred. The model passes ``ids_removed=ids_shuffle[:, K:]``, which it holds anyway. A caller
-    with only a (B, L) mask passes the full pred with ``mask=`` instead.
+    with only a (B, L) mask passes the full pred with ``mask=`` instead. validate_ids: assert on the device
+    (no host sync) that the rows of ids_restore are permutations of [0, L) (else the inverse would hold
+    unwritten entries); False skips it for ids fastmae's masking made.
     """
     check_tensor(ids_restore, "ids_restore")
     if ids_restore.dim() != 2 or ids_restore.dtype not in (torch.int64, torch.int32):
@@ -564,6 +566,7 @@ def removed_ids(ids_restore: torch.Tensor, num_keep: int) -> torch.Tensor:
     batch, length = ids_restore.shape
     if isinstance(num_keep, bool) or not isinstance(num_keep, int) or not 0 <= num_keep < length:
         raise ValueError(f"num_keep must be an int in [0, L) = [0, {length}), got {num_keep!r}")
+    check_ids_values(ids_restore, length, "ids_restore", validate=validate_ids)
     positions = torch.arange(length, device=ids_restore.device).expand(batch, length)
     ids_shuffle = torch.empty((batch, length), dtype=torch.int64, device=ids_restore.device)
     ids_shuffle = ids_shuffle.scatter(1, ids_restore.long(), positions)
@@ -586,6 +589,7 @@ def masked_mse_loss(
     num_keep: int | None = None,
     sample_weight: torch.Tensor | None = None,
     ids_removed: torch.Tensor | None = None,
+    validate_ids: bool = True,
 ) -> torch.Tensor:
     """The MAE loss: mean over removed patches of the per-patch mean squared error; a float32 scalar.
 
@@ -611,8 +615,9 @@ def masked_mse_loss(
 
     Gradients flow to pred and, when it requires grad, to imgs or target (through norm_pix too); mask,
     the ids and sample_weight get none (an error is raised if mask or sample_weight requires grad).
-    FASTMAE_DEBUG=1 checks that ids_restore holds permutations of 0..L-1, and ids_removed distinct patches of
-    0..L-1 per row (a host sync).
+    validate_ids: assert on the device (no host sync) that ids_restore holds permutations of 0..L-1 and
+    ids_removed distinct patches of 0..L-1 per row: a RuntimeError naming the argument otherwise. Pass False
+    only for ids fastmae's masking made (the model does). FASTMAE_DEBUG=1 checks on the host instead.
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
@@ -626,14 +631,13 @@ def masked_mse_loss(
             raise ValueError("num_keep goes with ids_restore (and a full pred), not with mask or ids_removed")
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, bool(norm_pix),
                   full_pred_keep=num_keep, ids_restore=ids_restore)  # fmt: skip
-    if debug_value_checks():
-        for name, ids in (("ids_restore", ids_restore), ("ids_removed", ids_removed)):
-            if ids is not None:
-                check_id_values(ids, lay.num_patches, name)
+    for name, ids in (("ids_restore", ids_restore), ("ids_removed", ids_removed)):
+        if ids is not None:
+            check_ids_values(ids, lay.num_patches, name, validate=validate_ids)
     if num_keep is not None:
         mask = ids_restore >= num_keep  # O(B*L): the spec's mask
     elif ids_restore is not None:
-        ids_removed = removed_ids(ids_restore, lay.num_patches - lay.rows)
+        ids_removed = removed_ids(ids_restore, lay.num_patches - lay.rows, validate_ids=False)  # checked above
     patch = [] if imgs is None else list(lay.patch if imgs.dim() == 5 else lay.patch[1:])
     return torch.ops.fastmae.masked_mse_loss(
         pred, imgs, ids_removed, mask, target, sample_weight, patch, bool(norm_pix), float(eps)

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import check_float, check_id_values, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
+from fastmae._validation import check_float, check_tensor, same_device
+from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
 from fastmae.ops._triton_helpers import narrow_fp32
 
 _FWD_BLOCK_ROWS = 16
@@ -356,15 +356,19 @@ def unshuffle_with_mask_token(
     mask_token: torch.Tensor,
     ids_restore: torch.Tensor,
     pos_embed: torch.Tensor | None = None,
+    *,
+    validate_ids: bool = True,
 ) -> torch.Tensor:
     """Put visible tokens back at their patch positions, the mask token elsewhere, and add the pos embed.
 
     x_vis (B, 1+K, d): the cls row, then the K kept tokens in shuffled order (the encoder's output after
     decoder_embed). mask_token (1, 1, d). ids_restore (B, L) int64, the inverse of the masking shuffle.
-    pos_embed (1, 1+L, d) or None. Returns (B, 1+L, d) in PyTorch's promotion of x_vis and pos_embed
-    dtypes. Differentiable in x_vis, mask_token and pos_embed.
+    pos_embed (1, 1+L, d) or None. validate_ids: assert on the device (no host sync) that every row of
+    ids_restore is a permutation of [0, L): a RuntimeError naming ids_restore otherwise; pass False only for
+    ids fastmae's masking made (the model does). FASTMAE_DEBUG=1 checks on the host instead.
+    Returns (B, 1+L, d) in PyTorch's promotion of x_vis and pos_embed dtypes. Differentiable in x_vis,
+    mask_token and pos_embed.
     """
     _check_inputs(x_vis, mask_token, ids_restore, pos_embed)
-    if debug_value_checks():
-        check_id_values(ids_restore, ids_restore.shape[1], "ids_restore")
+    check_ids_values(ids_restore, ids_restore.shape[1], "ids_restore", validate=validate_ids)
     return torch.ops.fastmae.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)
