@@ -95,6 +95,9 @@ def use_backend(monkeypatch: pytest.MonkeyPatch, device: torch.device) -> Callab
         if reason is not None:
             pytest.skip(reason)
         monkeypatch.setenv("FASTMAE_BACKEND", name)
+        # a compiled graph keeps the kernel picked when it was traced (FASTMAE_BACKEND is no dynamo guard):
+        # without this, a test's closure compiled under the previous backend would be reused as it was
+        torch._dynamo.reset()
         if debug:
             monkeypatch.setenv("FASTMAE_DEBUG", "1")
         return name
