@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,21 @@ def test_cli_version_and_help() -> None:
 
 def test_py_typed_ships_with_the_package() -> None:
     assert (Path(fastmae.__file__).parent / "py.typed").is_file()
+
+
+def test_ops_stub_re_exports_the_export_table() -> None:
+    """fastmae/ops/__init__.pyi (what type checkers read) names exactly the lazily loaded exports, each from the
+    submodule that defines it."""
+    import fastmae.ops
+
+    stub = ast.parse((Path(fastmae.ops.__file__).parent / "__init__.pyi").read_text())
+    typed = {
+        alias.asname: node.module
+        for node in stub.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.asname == alias.name  # "import x as x": an explicit re-export
+    }
+    assert typed == fastmae.ops._EXPORTS
+    for name in fastmae.ops.__all__:
+        assert getattr(fastmae.ops, name).__module__ == f"fastmae.ops.{fastmae.ops._EXPORTS[name]}"
