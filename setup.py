@@ -112,7 +112,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["fastmae", "fastmae.*"]),
-    package_data={"fastmae": ["py.typed", "ops/__init__.pyi"]},
+    package_data={"fastmae": ["py.typed"]},
     install_requires=[
         # A floor, never a pin: a pin would drag CUDA wheels onto a CPU machine.
         "torch>=2.6",

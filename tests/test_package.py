@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import fastmae
 
@@ -38,19 +41,20 @@ def test_py_typed_ships_with_the_package() -> None:
     assert (Path(fastmae.__file__).parent / "py.typed").is_file()
 
 
-def test_ops_stub_re_exports_the_export_table() -> None:
-    """fastmae/ops/__init__.pyi (what type checkers read) names exactly the lazily loaded exports, each from the
-    submodule that defines it."""
-    import fastmae.ops
-
-    stub = ast.parse((Path(fastmae.ops.__file__).parent / "__init__.pyi").read_text())
+@pytest.mark.parametrize("package", ["fastmae.ops", "fastmae.models"])
+def test_typed_re_exports_match_the_lazy_export_table(package: str) -> None:
+    """The ``TYPE_CHECKING`` re-exports (what type checkers read) name exactly the lazily loaded exports, each
+    from the submodule that defines it; at run time every name loads from there."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
     typed = {
-        alias.asname: node.module
-        for node in stub.body
-        if isinstance(node, ast.ImportFrom)
+        alias.asname: node.module.rsplit(".", 1)[-1]
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
         for alias in node.names
         if alias.asname == alias.name  # "import x as x": an explicit re-export
     }
-    assert typed == fastmae.ops._EXPORTS
-    for name in fastmae.ops.__all__:
-        assert getattr(fastmae.ops, name).__module__ == f"fastmae.ops.{fastmae.ops._EXPORTS[name]}"
+    assert typed == module._EXPORTS
+    for name, submodule in module._EXPORTS.items():
+        assert getattr(module, name) is getattr(importlib.import_module(f"{package}.{submodule}"), name)
