@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -77,6 +77,16 @@ def kernel_for(tensor: torch.Tensor, *, has_native: bool = True) -> Backend:
     import triton.knobs  # only reached from the Triton branch's callers, which import triton anyway
 
     return "torch" if triton.knobs.runtime.interpret else backend
+
+
+def native_or_torch(tensor: torch.Tensor, name: str, torch_branch: Callable[..., Any]) -> Callable[..., Any] | None:
+    """Inside the body of ``fastmae::NAME``: the kernel that runs instead of the Triton launch for ``tensor``
+    (:func:`kernel_for`), the native library's ``fastmae_kernels::NAME`` or the op's PyTorch branch (called
+    with the op's arguments either way); None when the Triton kernels run."""
+    kernel = kernel_for(tensor)
+    if kernel == "triton":
+        return None
+    return getattr(torch.ops.fastmae_kernels, name) if kernel == "native" else torch_branch
 
 
 def define_native_kernel(op: torch._ops.OpOverloadPacket, fake: Callable[..., object]) -> None:

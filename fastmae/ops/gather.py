@@ -38,7 +38,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import check_ids, check_patch_batch, patch_shape
-from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
+from fastmae.ops._backend import check_ids_values, define_native_kernel, native_or_torch, new_output
 from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
 from fastmae.ops._triton_helpers import patch_element_offset
 
@@ -132,11 +132,9 @@ def _scatter_torch(
 
 @triton_op("fastmae::patchify_gather", mutates_args=())
 def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
-    kernel = kernel_for(imgs)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.patchify_gather(imgs, ids_keep, patch_size)
-    if kernel == "torch":
-        return _gather_torch(imgs, ids_keep, patch_size)
+    kernel = native_or_torch(imgs, "patchify_gather", _gather_torch)
+    if kernel is not None:
+        return kernel(imgs, ids_keep, patch_size)
     out = new_output((*ids_keep.shape, math.prod(patch_size) * imgs.shape[1]), imgs.dtype, imgs.device)
     _launch(imgs, ids_keep, out, imgs, patch_size)
     return out
@@ -146,11 +144,9 @@ def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: 
 def _patchify_gather_backward_op(
     grad_patches: torch.Tensor, ids_keep: torch.Tensor, patch_size: list[int], imgs_shape: list[int]
 ) -> torch.Tensor:
-    kernel = kernel_for(grad_patches)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.patchify_gather_backward(grad_patches, ids_keep, patch_size, imgs_shape)
-    if kernel == "torch":
-        return _scatter_torch(grad_patches, ids_keep, patch_size, imgs_shape)
+    kernel = native_or_torch(grad_patches, "patchify_gather_backward", _scatter_torch)
+    if kernel is not None:
+        return kernel(grad_patches, ids_keep, patch_size, imgs_shape)
     grad_imgs = torch.zeros(imgs_shape, dtype=grad_patches.dtype, device=grad_patches.device)
     _launch(grad_patches, ids_keep, grad_imgs, grad_imgs, patch_size, tuple(grad_patches.stride()))
     return grad_imgs

@@ -43,7 +43,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import FLOAT_DTYPES, check_float, check_patch_batch, check_tensor, same_device
-from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
+from fastmae.ops._backend import check_ids_values, define_native_kernel, native_or_torch, new_output
 from fastmae.ops._layout import as_video, patch_grid_view, patch_rows, video_strides
 from fastmae.ops._triton_helpers import narrow_fp32, patch_element_offset
 
@@ -481,12 +481,9 @@ def _masked_mse_loss_op(
     target: torch.Tensor | None, sample_weight: torch.Tensor | None, patch_size: list[int], norm_pix: bool,
     eps: float,
 ) -> torch.Tensor:  # fmt: skip
-    args = (pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps)
-    kernel = kernel_for(pred)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.masked_mse_loss(*args)
-    if kernel == "torch":
-        return _loss_torch(*args)
+    kernel = native_or_torch(pred, "masked_mse_loss", _loss_torch)
+    if kernel is not None:
+        return kernel(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps)
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
     block_r, _ = _blocks(lay)
     partials = new_output((lay.batch, triton.cdiv(lay.rows, block_r)), torch.float32, pred.device)
@@ -504,12 +501,11 @@ def _masked_mse_loss_backward_op(
     mask: torch.Tensor | None, target: torch.Tensor | None, sample_weight: torch.Tensor | None,
     patch_size: list[int], norm_pix: bool, eps: float, source_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    args = (grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad)
-    kernel = kernel_for(pred)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.masked_mse_loss_backward(*args)
-    if kernel == "torch":
-        return _loss_backward_torch(*args)
+    kernel = native_or_torch(pred, "masked_mse_loss_backward", _loss_backward_torch)
+    if kernel is not None:
+        return kernel(
+            grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad
+        )
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
     source = imgs if imgs is not None else target
     coef, grad_pred, grad_source = _backward_buffers(lay, grad_loss, pred, source, mask, sample_weight, source_grad)

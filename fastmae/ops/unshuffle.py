@@ -36,7 +36,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import check_float, check_tensor, same_device
-from fastmae.ops._backend import check_ids_values, define_native_kernel, kernel_for, new_output
+from fastmae.ops._backend import check_ids_values, define_native_kernel, native_or_torch, new_output
 from fastmae.ops._triton_helpers import narrow_fp32
 
 _FWD_BLOCK_ROWS = 16
@@ -201,11 +201,9 @@ def _unshuffle_torch(
 def _unshuffle_op(
     x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
 ) -> torch.Tensor:
-    kernel = kernel_for(x_vis)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)
-    if kernel == "torch":
-        return _unshuffle_torch(x_vis, mask_token, ids_restore, pos_embed)
+    kernel = native_or_torch(x_vis, "unshuffle_with_mask_token", _unshuffle_torch)
+    if kernel is not None:
+        return kernel(x_vis, mask_token, ids_restore, pos_embed)
     batch, length = ids_restore.shape
     out = new_output((batch, 1 + length, x_vis.shape[2]), _output_dtype(x_vis, pos_embed), x_vis.device)
     _launch_forward(x_vis, mask_token, ids_restore, pos_embed, out)
@@ -263,12 +261,9 @@ def _unshuffle_backward_op(
     pos_embed_dtype: torch.dtype | None,
     needs_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (grad_out, ids_restore, num_visible, x_vis_dtype, mask_token_dtype, pos_embed_dtype, needs_grad)
-    kernel = kernel_for(grad_out)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.unshuffle_with_mask_token_backward(*args)
-    if kernel == "torch":
-        return _unshuffle_backward_torch(*args)
+    kernel = native_or_torch(grad_out, "unshuffle_with_mask_token_backward", _unshuffle_backward_torch)
+    if kernel is not None:
+        return kernel(grad_out, ids_restore, num_visible, x_vis_dtype, mask_token_dtype, pos_embed_dtype, needs_grad)
     batch, num_rows, width = grad_out.shape
     device = grad_out.device
     need_x, need_mask, need_pos = needs_grad[0], needs_grad[1], needs_grad[2] and pos_embed_dtype is not None
