@@ -16,6 +16,9 @@ op's type hints) and the library registers its CPU/CUDA implementations under th
 have no autograd of their own: the ``fastmae::`` op's autograd calls the ``fastmae::`` backward op,
 whose body picks its kernel the same way. An op without a native twin (``has_native=False``) runs Triton
 on CUDA and PyTorch on CPU when the native backend is asked for.
+
+Also here, as they depend on the same per-call environment: debug mode (``FASTMAE_DEBUG``: poisoned outputs,
+host-side id checks) and :func:`check_ids_values`, the functional APIs' one rule for id values.
 """
 
 from __future__ import annotations
