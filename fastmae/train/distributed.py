@@ -3,7 +3,7 @@
 Launched without torchrun, everything here is a no-op (one process, rank 0).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: DDP checks a comm hook's annotations as real classes
 
 import os
 from dataclasses import dataclass
@@ -59,8 +59,33 @@ def wrap_model(model: nn.Module, world: World, *, fsdp: bool, param_dtype: torch
     if world.size == 1:
         return model
     device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False,
-                                               gradient_as_bucket_view=True)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False,
+                                              gradient_as_bucket_view=True)
+    if dist.get_backend() == "gloo":
+        ddp.register_comm_hook(None, rank_order_mean)
+    return ddp
+
+
+def rank_order_mean(group: dist.ProcessGroup | None, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP comm hook (gloo): the mean of a gradient bucket summed in rank order, whatever the bucket layout.
+
+    Gloo's ring all-reduce adds an element's contributions in an order set by its position in the
+    bucket, and DDP re-packs its buckets after the first step of every process, so with 3 or more ranks
+    a resumed run would differ from an uninterrupted one in the last bits. Gathering every rank's bucket
+    and adding them 0, 1, 2, ... makes each element's sum independent of where it sits.
+    """
+    group = group or dist.group.WORLD
+    flat = bucket.buffer()
+    parts = [torch.empty_like(flat) for _ in range(group.size())]
+    gathered = dist.all_gather(parts, flat, group=group, async_op=True).get_future()
+
+    def mean(_: torch.futures.Future) -> torch.Tensor:
+        flat.copy_(parts[0])
+        for part in parts[1:]:
+            flat.add_(part)
+        return flat.div_(len(parts))
+
+    return gathered.then(mean)
 
 
 def model_device(model: nn.Module) -> torch.device:
