@@ -311,7 +311,7 @@ class EvalTrainer:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
-                             (args.device is None and torch.cuda.is_available()) else "cpu")
+                             (args.device is None and torch.cuda.is_available()) else "cpu", args.dist_timeout)
     try:
         return EvalTrainer(args, world).run()
     finally:

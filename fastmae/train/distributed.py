@@ -5,8 +5,12 @@ Launched without torchrun, everything here is a no-op (one process, rank 0).
 
 # no `from __future__ import annotations`: DDP checks a comm hook's annotations as real classes
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,8 +30,11 @@ class World:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> World:
-    """Join the torchrun group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1 is set."""
+def init_distributed(device_type: str, timeout_s: float) -> World:
+    """Join the torchrun group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1 is set.
+
+    ``timeout_s``: how long any collective waits for the other ranks before it fails (``--dist_timeout``).
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
@@ -35,7 +42,8 @@ def init_distributed(device_type: str) -> World:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method="env://")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method="env://",
+                                timeout=timedelta(seconds=timeout_s))
     return World(rank, local_rank, size)
 
 
@@ -100,6 +108,42 @@ def all_agree(world: World, ok: bool) -> bool:
     flag = torch.tensor([1 if ok else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+class ProcessGroupError(RuntimeError):
+    """A collective failed: another rank died, lost its connection or hung past ``--dist_timeout``."""
+
+
+_GLOO_SOURCE = re.compile(r"\[[^\]]*gloo[^\]]*\]\s*")  # "[.../gloo/transport/tcp/pair.cc:553] " in gloo's errors
+_TORCH_DISTRIBUTED = os.path.dirname(dist.__file__)
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a failed collective: NCCL raises ``DistError``s; gloo plain RuntimeErrors, from a
+    ``torch.distributed`` call (``work.wait()``) or, inside DDP's backward, naming gloo's source file."""
+    if isinstance(error, dist.DistError) or _GLOO_SOURCE.search(str(error)):
+        return True
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_filename.startswith(_TORCH_DISTRIBUTED)
+
+
+@contextlib.contextmanager
+def collective_failures(world: World, timeout_s: float) -> Iterator[None]:
+    """Turn a failed collective into a :class:`ProcessGroupError` whose one line says what happened and what
+    to do, instead of a traceback on every surviving rank."""
+    try:
+        yield
+    except RuntimeError as error:
+        if world.size == 1 or not is_collective_failure(error):
+            raise
+        cause = " ".join(_GLOO_SOURCE.sub("", str(error)).split()).split(". ")[0].rstrip(".")[:240]
+        raise ProcessGroupError(
+            f"rank {world.rank} of {world.size}: a collective failed ({cause}): another rank died, lost its "
+            f"connection or did not answer within --dist_timeout {timeout_s:g} s. The launcher's summary names "
+            "the rank that failed first; fix that, then continue from the last checkpoint with --resume auto"
+        ) from error
 
 
 def barrier(world: World) -> None:
