@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from fastmae.train import checkpoint as ckpt
+from fastmae.train.args import parse_args
+from fastmae.train.distributed import ProcessGroupError, World, collective_failures
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--model", "mae_vit_test", "--loader", "synthetic", "--synthetic_size", "64", "--batch_size", "2",
@@ -135,3 +137,27 @@ def test_a_lost_rank_stops_the_others_with_one_line(fault, tmp_path):
         assert re.search(rf"^fastmae pretrain: stopped: rank {rank} of 4: a collective failed \(.+\): another rank "
                          rf"died, .*--dist_timeout {DIST_TIMEOUT} s\..*--resume auto$", printed, re.M), printed[-4000:]
     assert not re.search(r"^\[rank\d\]: Traceback", printed, re.M), printed[-4000:]
+
+
+def test_dist_timeout_flag_is_checked():
+    assert parse_args(["--dist_timeout", "30"]).dist_timeout == 30
+    assert parse_args([]).dist_timeout == 600
+    with pytest.raises(ValueError, match="--dist_timeout must be > 0"):
+        parse_args(["--dist_timeout", "0"])
+
+
+def test_only_failed_collectives_become_the_one_line_error():
+    four = World(rank=2, local_rank=0, size=4)
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:3493. This is typically caused by a remote worker crashing.\nGLHF!")
+    with pytest.raises(ProcessGroupError) as caught, collective_failures(four, 20):
+        raise gloo
+    message = str(caught.value)
+    assert message.startswith("rank 2 of 4: a collective failed (Connection closed by peer [127.0.0.1]:3493): ")
+    assert "\n" not in message and "--dist_timeout 20 s" in message and message.endswith("--resume auto")
+    with pytest.raises(RuntimeError, match="a bug") as caught, collective_failures(four, 20):
+        raise RuntimeError("a bug: shapes (2, 3) and (4, 5)")  # not from a collective: keeps its traceback
+    assert type(caught.value) is RuntimeError
+    with pytest.raises(RuntimeError) as caught, collective_failures(World(), 20):
+        raise gloo  # one process has no other rank to blame
+    assert type(caught.value) is RuntimeError
