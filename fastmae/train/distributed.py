@@ -141,8 +141,9 @@ def collective_failures(world: World, timeout_s: float) -> Iterator[None]:
         cause = " ".join(_GLOO_SOURCE.sub("", str(error)).split()).split(". ")[0].rstrip(".")[:240]
         raise ProcessGroupError(
             f"rank {world.rank} of {world.size}: a collective failed ({cause}): another rank died, lost its "
-            f"connection or did not answer within --dist_timeout {timeout_s:g} s. The launcher's summary names "
-            "the rank that failed first; fix that, then continue from the last checkpoint with --resume auto"
+            f"connection or did not answer within --dist_timeout {timeout_s:g} s. Find the first rank that failed in "
+            "the launcher's output (a hung one reports nothing), fix it, then continue from the last checkpoint "
+            "with --resume auto"
         ) from error
 
 
