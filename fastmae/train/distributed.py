@@ -1,5 +1,8 @@
 """Process groups and model wrapping for ``torchrun`` (env://): DDP or FSDP2.
 
+The group's timeout is ``--dist_timeout``; :func:`collective_failures` turns a collective that failed
+(a rank died or hung) into a one-line :class:`ProcessGroupError`. On gloo, DDP averages gradients with
+:func:`rank_order_mean`, so a resume is bit-exact with any number of ranks.
 Launched without torchrun, everything here is a no-op (one process, rank 0).
 """
 
