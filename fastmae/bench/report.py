@@ -14,7 +14,9 @@ ENV_KEYS = ("device", "device_type", "torch", "triton", "cuda", "fastmae", "pyth
             "command")
 # The table columns of each benchmark kind (the ``bench`` field of a row); the scripts print the same tables.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "ops": ("op", "size", "pass", "provider", "dtype", "median_ms", "gbps", "peak_mem_bytes", "status"),
+    "ops": ("op", "size", "batch", "pass", "provider", "kernel", "default", "dtype", "threads", "clock", "median_ms",
+            "q1_ms", "q3_ms", "ratio_vs_reference", "ratio_q1", "ratio_q3", "gbps", "frac_of_ceiling",
+            "ceiling_gbps", "peak_mem_bytes", "status"),
     "loader": ("backend", "decode", "threads", "batch_size", "input_size", "dtype", "images",
                "seconds", "images_per_s"),
     "train_step": ("model", "provider", "batch", "precision", "img_per_s", "step_ms", "peak_mem_bytes", "mfu",
