@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from fastmae import _native
 from fastmae.bench import report
 from fastmae.bench.flops import mae_forward_flops_per_image, mae_train_flops_per_image, meta_train_flops_per_image
 from fastmae.models import create_model
@@ -73,6 +74,9 @@ def test_train_step_benchmark_smoke_on_cpu(tmp_path) -> None:
     by_provider = {r["provider"]: r for r in rows}
     assert by_provider["reference-published"]["precision"] == "fp32"  # CPU: no fp16 autocast
     assert by_provider["fastmae"]["precision"] == by_provider["reference-modern"]["precision"] == "bf16"
+    assert by_provider["reference-published"]["attn"] == "math" and by_provider["reference-modern"]["attn"] == "sdpa"
+    assert by_provider["fastmae"]["op_kernel"] == ("native" if _native.available() else "torch")
+    assert by_provider["reference-modern"]["op_kernel"] is None
     fast = by_provider["fastmae"]
     assert fast["speedup_vs_reference-modern_q1"] <= fast["speedup_vs_reference-modern"] \
         <= fast["speedup_vs_reference-modern_q3"]

@@ -32,6 +32,8 @@ class BuiltStep:
     step: Callable[[torch.Tensor], None]
     precision: str  # "bf16", "fp16" or "fp32": the autocast that ran
     compiled: bool
+    attn: str  # the attention the model runs: "math" (explicit softmax), "sdpa", "xformers"
+    op_kernel: str | None = None  # fastmae's fused ops: the kernel they pick ("triton", "native", "torch")
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -86,12 +88,14 @@ def _reference_step(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    return BuiltStep(step, precision, compiled)
+    return BuiltStep(step, precision, compiled, REFERENCE_ATTN[provider])
 
 
 def _fastmae_step(
     model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
 ) -> BuiltStep:
+    from fastmae.models.attention import resolve_attn_backend
+    from fastmae.ops._backend import select_backend
     from fastmae.train.step import build_train_step
 
     precision = provider_precision("fastmae", device)
@@ -99,4 +103,4 @@ def _fastmae_step(
         model_name, device=device, precision=precision, compile_model=compile_model, norm_pix_loss=norm_pix,
         mask_ratio=mask_ratio,
     )
-    return BuiltStep(train_step, precision, compile_model)
+    return BuiltStep(train_step, precision, compile_model, resolve_attn_backend("auto"), select_backend(device))

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from fastmae.bench.flops import mae_train_flops_per_image
-from fastmae.bench.providers import AUTOCAST_DTYPES, PROVIDERS, REFERENCE_PROVIDERS, build_step, provider_precision
+from fastmae.bench.providers import (
+    AUTOCAST_DTYPES,
+    PROVIDERS,
+    REFERENCE_PROVIDERS,
+    BuiltStep,
+    build_step,
+    provider_precision,
+)
 from fastmae.bench.timing import (
     Spread,
     clock_name,
@@ -98,6 +105,13 @@ def _fixed_batch(model_name: str, batch: int, device: torch.device, seed: int) -
     return torch.randn(batch, cfg["in_chans"], height, width, generator=generator).to(device)
 
 
+_LABELS = ("precision", "compiled", "attn", "op_kernel")  # what a row says ran, from the built step
+
+
+def _labels(built: BuiltStep) -> dict[str, Any]:
+    return {key: getattr(built, key) for key in _LABELS}
+
+
 def measure_provider(
     provider: str, model_name: str, imgs: torch.Tensor, *, warmup: int, iters: int, compile_model: bool
 ) -> dict[str, Any]:
@@ -106,8 +120,7 @@ def measure_provider(
     reset_peak_memory(device)
     built = build_step(provider, model_name, device, compile_model=compile_model)
     times = time_calls(partial(built.step, imgs), device, warmup=warmup, iters=iters)
-    result = {"times": times, "peak_mem_bytes": peak_memory_bytes(device), "precision": built.precision,
-              "compiled": built.compiled}
+    result = {"times": times, "peak_mem_bytes": peak_memory_bytes(device), **_labels(built)}
     del built
     _free(device)
     return result
@@ -123,7 +136,7 @@ def _isolated(model_name: str, imgs: torch.Tensor, providers: Sequence[str], *, 
             result = measure_provider(provider, model_name, imgs, warmup=warmup, iters=iters,
                                       compile_model=compile_model)
             entry = collected.setdefault(provider, {
-                "times": [], "peaks": [], "precision": result["precision"], "compiled": result["compiled"]})
+                "times": [], "peaks": [], **{key: result[key] for key in _LABELS}})
             entry["times"] += result["times"]
             entry["peaks"].append(result["peak_mem_bytes"])
     return collected
@@ -137,8 +150,7 @@ def _interleaved(model_name: str, imgs: torch.Tensor, providers: Sequence[str], 
     built = {p: build_step(p, model_name, device, compile_model=compile_model) for p in providers}
     times = interleaved_times({p: partial(b.step, imgs) for p, b in built.items()}, device, rounds=rounds,
                               warmup=warmup, block_s=0.0)
-    collected = {p: {"times": times[p], "peaks": [None], "precision": b.precision, "compiled": b.compiled}
-                 for p, b in built.items()}
+    collected = {p: {"times": times[p], "peaks": [None], **_labels(b)} for p, b in built.items()}
     del built
     _free(device)
     return collected
@@ -194,7 +206,7 @@ def run(
                 "flops_per_image": flops, "flops_source": "analytic", "achieved_tflops": img_per_s * flops / 1e12,
                 "peak_tflops": ceiling.tflops, "peak_dtype": ceiling.dtype, "peak_shape": ceiling.shape,
                 "mfu": img_per_s * flops / (ceiling.tflops * 1e12),
-                "precision": entry["precision"], "compiled": entry["compiled"],
+                **{key: entry[key] for key in _LABELS},
                 "timed_steps": len(entry["times"]), "repeats": repeats,
                 "timing": "interleaved" if interleaved else "isolated", "clock": clock_name(device),
                 "threads": torch.get_num_threads(),
