@@ -2,7 +2,7 @@
 # The committed CPU run: the op benchmark at ViT-B/16 shapes (and SimMIM's for mask_token_blend) and the ViT-B/16
 # train step, eager then compiled, on one torch thread timed by process CPU time; then RESULTS.md.
 #
-#   bash benchmarks/cpu_run.sh          # about 15 minutes on the shared 2-core machine; PYTHON=... to pick python
+#   bash benchmarks/cpu_run.sh          # about 20 minutes on the shared 2-core machine; PYTHON=... to pick python
 #
 # Rows are appended to benchmarks/results/ops.jsonl and train_step.jsonl (each stamped with the commit; run it
 # from a clean checkout so the stamp names what ran), and benchmarks/RESULTS.md is regenerated from all rows.

@@ -27,6 +27,7 @@ from fastmae.ops import _backend
 KERNEL_PATHS = ("triton", "native", "torch")  # fastmae's op, one path per kernel choice
 PATH_NAMES = (*KERNEL_PATHS, "reference", "compiled", "copy_")
 TRITON_ON_CPU = "Triton runs on CPU only in its interpreter, a correctness path: not timed"
+UNOBSERVED = "unobserved (the profiler recorded no GPU activity)"
 # what each path's observed kernel label (observed_kernel) starts with
 EXPECTED_KERNEL = {"triton": "triton", "native": "native", "torch": "aten", "reference": "aten",
                    "compiled": "inductor", "copy_": "aten"}
@@ -105,7 +106,8 @@ def _is_triton_kernel(name: str) -> bool:
 
 def observed_kernel(fn: Callable[[], object], device: torch.device) -> str:
     """What one call of ``fn`` ran, read from the profiler: ``native: <fastmae_kernels ops>``, ``triton: <GPU
-    kernels>``, ``inductor`` (a compiled graph) or ``aten`` (plain PyTorch ops)."""
+    kernels>``, ``inductor`` (a compiled graph), ``aten`` (plain PyTorch ops), or :data:`UNOBSERVED` on a GPU
+    whose activity the profiler could not record."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -123,15 +125,19 @@ def observed_kernel(fn: Callable[[], object], device: torch.device) -> str:
         return "native: " + ", ".join(native)
     if any("CompiledFxGraph" in name or name.startswith("Torch-Compiled Region") for name in host):
         return "inductor"
-    gpu = sorted({e.name for e in events if e.device_type == DeviceType.CUDA and _is_triton_kernel(e.name)})
+    gpu_events = [e.name for e in events if e.device_type == DeviceType.CUDA]
+    if device.type == "cuda" and not gpu_events:
+        return UNOBSERVED  # the profiler recorded no GPU activity (no CUPTI): nothing to tell kernels apart by
+    gpu = sorted({name for name in gpu_events if _is_triton_kernel(name)})
     if gpu:
         return "triton: " + ", ".join(gpu)
     return "aten"
 
 
 def check_kernel(path: OpPath, kernel: str) -> str | None:
-    """None when ``kernel`` (from :func:`observed_kernel`) is what ``path`` should run, else what went wrong."""
+    """None when ``kernel`` (from :func:`observed_kernel`) is what ``path`` should run (or could not be observed),
+    else what went wrong."""
     expected = EXPECTED_KERNEL[path.name]
-    if kernel.startswith(expected):
+    if kernel.startswith(expected) or kernel == UNOBSERVED:
         return None
     return f"asked for the {path.name} path, which runs {expected}, but {kernel} ran"
