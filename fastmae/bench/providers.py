@@ -9,7 +9,8 @@
 
 Each provider returns a ``step(imgs)`` closure doing one full optimizer step on a batch. On
 CPU, fp16 autocast is replaced by fp32 (CPU fp16 matmuls are emulated) and compilation is
-opt-in; the row's ``precision`` (and ``compute_dtype``, the dtype of its matrix products) says what ran.
+opt-in; the row's ``precision`` says what ran (its matrix products run in ``AUTOCAST_DTYPES[precision]``, the
+dtype its MFU ceiling is measured in).
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ class BuiltStep:
     compiled: bool
     attn: str  # the attention the model runs: "math" (explicit softmax), "sdpa", "xformers"
     op_kernel: str | None = None  # fastmae's fused ops: the kernel they pick ("triton", "native", "torch")
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype of the step's matrix products (the MFU ceiling is measured in it)."""
-        return AUTOCAST_DTYPES[self.precision]
 
 
 def provider_precision(provider: str, device: torch.device) -> str:
