@@ -64,7 +64,7 @@ def functionalized_step_graphs(model_name: str, batch: int) -> dict[str, torch.f
     from torch._dynamo.backends.common import aot_autograd
 
     from fastmae.bench.triton_capture import gpu_target_driver
-    from fastmae.reference import full_model_config
+    from fastmae.models.configs import full_model_config
     from fastmae.train.step import build_train_step
 
     if triton.knobs.runtime.interpret:
