@@ -20,8 +20,8 @@ import pytest
 from fastmae.bench.kernel_report import ARCHS, REGISTER_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = {"_patchify_gather_kernel", "_patchify_scatter_kernel", "_unshuffle_fwd_kernel", "_unshuffle_bwd_kernel",
-           "_loss_fwd_kernel", "_loss_bwd_kernel", "_blend_kernel", "_blend_backward_kernel", "_sum_partials_kernel"}
+KERNELS = {"_gather_kernel", "_unshuffle_fwd_kernel", "_unshuffle_bwd_kernel", "_loss_fwd_kernel", "_loss_bwd_kernel",
+           "_blend_kernel", "_blend_backward_kernel", "_sum_partials_kernel"}
 
 
 def run_report(python: str, out_dir: Path) -> dict:

@@ -29,7 +29,7 @@ def test_compiled_step_clones_no_kernel_input() -> None:
     audit = json.loads(run.stdout)
     kernels = {graph: {launch["kernel"] for launch in launches} for graph, launches in audit.items()}
     # the audit saw the step's launches (it is not vacuous) ...
-    assert {"_patchify_gather_kernel", "_unshuffle_fwd_kernel", "_loss_fwd_kernel"} <= kernels["forward"]
+    assert {"_gather_kernel", "_unshuffle_fwd_kernel", "_loss_fwd_kernel"} <= kernels["forward"]
     assert {"_unshuffle_bwd_kernel", "_loss_bwd_kernel"} <= kernels["backward"]
     # ... and none of them makes torch copy an input
     copies = {f"{graph}/{launch['kernel']}": launch["cloned_inputs"] for graph, launches in audit.items()
