@@ -56,3 +56,14 @@ def grid_index(image_shape: Sequence[int], patch: Sequence[int], ids: torch.Tens
     grid_h, grid_w = height // ph, width // pw
     batch_index = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
     return batch_index, ids // (grid_w * grid_h), (ids // grid_w) % grid_h, ids % grid_w
+
+
+INT32_MAX = 2**31 - 1
+
+
+def max_patch_offset(strides: Sequence[int], patch: Sequence[int], chans: int) -> int:
+    """Largest offset of a patch element from the patch origin, for the (c, t, h, w) ``strides`` of a sample and
+    a (pt, ph, pw) patch: the kernels address inside a patch in int32 when it is at most INT32_MAX."""
+    sc, st, sh, sw = (abs(s) for s in strides)
+    pt, ph, pw = patch
+    return (chans - 1) * sc + (pt - 1) * st + (ph - 1) * sh + (pw - 1) * sw

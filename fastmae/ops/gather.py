@@ -39,8 +39,8 @@ from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import check_id_values, check_ids, check_patch_batch, patch_shape
 from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
-from fastmae.ops._layout import as_video, grid_index, patch_grid_view, video_strides
-from fastmae.ops._triton_helpers import patch_element_offset
+from fastmae.ops._layout import INT32_MAX, as_video, grid_index, max_patch_offset, patch_grid_view, video_strides
+from fastmae.ops._triton_helpers import element_offset, patch_origin
 
 # ----------------------------------------------------------------------------- kernel
 
@@ -51,28 +51,32 @@ def _gather_kernel(
     img_stride_b, img_stride_c, img_stride_t, img_stride_h, img_stride_w, ids_stride_b, ids_stride_k,
     grad_stride_b, grad_stride_k, grad_stride_e,
     SCATTER: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, CHANS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """Elements [chunk*BLOCK, +BLOCK) of visible patch row = b*K + k: gathered from the image into the (N, K, P)
-    output, or (SCATTER) its gradient stored back into the image gradient."""
+    output, or (SCATTER) its gradient stored back into the image gradient. The patch origin is int64, offsets
+    inside the patch int32 (int64 when WIDE: a patch extent past 2^31)."""
     row = tl.program_id(0)
     b = (row // num_keep).to(tl.int64)
     k = (row % num_keep).to(tl.int64)
     patch = tl.load(ids_ptr + b * ids_stride_b + k * ids_stride_k).to(tl.int64)
-    elem = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    elem = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    if WIDE:
+        elem = elem.to(tl.int64)
     in_patch = elem < PT * PH * PW * CHANS
-    image = b * img_stride_b + patch_element_offset(
-        patch, elem, grid_h, grid_w, img_stride_c, img_stride_t, img_stride_h, img_stride_w, PT, PH, PW, CHANS
+    origin = b * img_stride_b + patch_origin(
+        patch, grid_h, grid_w, img_stride_t, img_stride_h, img_stride_w, PT, PH, PW
     )
+    image = element_offset(elem, img_stride_c, img_stride_t, img_stride_h, img_stride_w, PT, PH, PW, CHANS)
     if SCATTER:
         # grad strides may be 0 (the gradient of .sum() is an expanded tensor)
         grad_offsets = b * grad_stride_b + k * grad_stride_k + elem * grad_stride_e
         # to float32: exact, and it compares bf16 right in the interpreter
         grad = tl.load(src_ptr + grad_offsets, mask=in_patch).to(tl.float32)
         # store -0.0 as +0.0, as autograd's zeros + scatter_add does (bitwise equal gradients)
-        tl.store(dst_ptr + image, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
+        tl.store(dst_ptr + origin + image, tl.where(grad == 0.0, 0.0, grad), mask=in_patch)
     else:
-        values = tl.load(src_ptr + image, mask=in_patch)
+        values = tl.load(src_ptr + origin + image, mask=in_patch)
         tl.store(dst_ptr + row.to(tl.int64) * (PT * PH * PW * CHANS) + elem, values, mask=in_patch)
 
 
@@ -100,10 +104,13 @@ def _launch(
     patch_numel = pt * ph * pw * chans
     block, num_warps = _block_size(patch_numel)
     grid = (batch * num_keep, triton.cdiv(patch_numel, block))
+    extent = max(max_patch_offset(video_strides(image)[1:], (pt, ph, pw), chans),
+                 (patch_numel - 1) * abs(grad_strides[2]) if grad_strides else 0)  # fmt: skip
     wrap_triton(_gather_kernel)[grid](
         source, ids_keep, destination, num_keep, height // ph, width // pw,
         *video_strides(image), *ids_keep.stride(), *(grad_strides or (0, 0, 0)),
-        SCATTER=grad_strides is not None, PT=pt, PH=ph, PW=pw, CHANS=chans, BLOCK=block, num_warps=num_warps,
+        SCATTER=grad_strides is not None, PT=pt, PH=ph, PW=pw, CHANS=chans, BLOCK=block,
+        WIDE=extent > INT32_MAX, num_warps=num_warps,
     )  # fmt: skip
 
 
