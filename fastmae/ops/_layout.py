@@ -67,3 +67,13 @@ def max_patch_offset(strides: Sequence[int], patch: Sequence[int], chans: int) -
     sc, st, sh, sw = (abs(s) for s in strides)
     pt, ph, pw = patch
     return (chans - 1) * sc + (pt - 1) * st + (ph - 1) * sh + (pw - 1) * sw
+
+
+def stride_alignment(*strides: int) -> int:
+    """The largest power of 2 up to 16 dividing every stride: row origins built from them are multiples of it,
+    which the kernels tell the compiler (tl.multiple_of) so that rows whose length is not a multiple of 16
+    (ViT-H/14's 588) still load and store in vectors."""
+    align = 16
+    while any(stride % align for stride in strides):
+        align //= 2
+    return align

@@ -44,7 +44,15 @@ from torch.library import triton_op, wrap_triton
 
 from fastmae._validation import FLOAT_DTYPES, check_float, check_id_values, check_patch_batch, check_tensor, same_device
 from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
-from fastmae.ops._layout import INT32_MAX, as_video, max_patch_offset, patch_grid_view, patch_rows, video_strides
+from fastmae.ops._layout import (
+    INT32_MAX,
+    as_video,
+    max_patch_offset,
+    patch_grid_view,
+    patch_rows,
+    stride_alignment,
+    video_strides,
+)
 from fastmae.ops._triton_helpers import element_offset, narrow_fp32, patch_origin
 
 __all__ = ["masked_mse_loss", "removed_ids"]
@@ -327,8 +335,10 @@ def _loss_fwd_kernel(
     R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, PRED_ALIGN: tl.constexpr,
 ):
+    if PIXELS:
+        D = PT * PH * PW * C  # a constant: its alignment (and pred's, PRED_ALIGN) lets pred loads vectorise
     b = tl.program_id(0).to(tl.int64)
     pid_r = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -340,7 +350,7 @@ def _loss_fwd_kernel(
         patch = rows64
     weight = _row_weight(mask_ptr, weight_ptr, b, L, patch, row_ok, HAS_MASK, HAS_WEIGHT)
     live = row_ok & (weight != 0.0)  # rows of weight 0 (kept patches under a mask) are not read at all
-    pred_rows = b * sp_b + rows64 * sp_r
+    pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
     src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -365,7 +375,10 @@ def _loss_bwd_kernel(
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr,
+    PRED_ALIGN: tl.constexpr,
 ):
+    if PIXELS:
+        D = PT * PH * PW * C
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
@@ -376,7 +389,7 @@ def _loss_bwd_kernel(
         patch = rows64
     weight = _row_weight(mask_ptr, weight_ptr, b, L, patch, row_ok, HAS_MASK, HAS_WEIGHT)
     live = row_ok & (weight != 0.0)
-    pred_rows = b * sp_b + rows64 * sp_r
+    pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
     src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -470,7 +483,8 @@ def _launch(
         lay.grid[1], lay.grid[2], float(eps),
         HAS_IDS=ids is not None, HAS_MASK=mask_f is not None, HAS_WEIGHT=weight_f is not None,
         PIXELS=lay.pixels, C=lay.chans, PT=lay.patch[0], PH=lay.patch[1], PW=lay.patch[2],
-        BLOCK_R=block_r, BLOCK_D=block_d, WIDE=wide, **consts,
+        BLOCK_R=block_r, BLOCK_D=block_d, WIDE=wide, PRED_ALIGN=stride_alignment(pred.stride(0), pred.stride(1)),
+        **consts,
     )
 
 
