@@ -71,6 +71,7 @@ CASES = [
     (1, 3, 2, 3, 16, "1"),
     (2, 1, 7, 5, 14, "L-1"),
     (2, 3, 2, 2, 14, "L-1"),
+    (1, 3, 2, 1, 32, "1"),  # P = 3072: two programs per patch, which address the image in the row's order
 ]
 
 
