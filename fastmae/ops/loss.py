@@ -293,14 +293,15 @@ def _load_target(
 def _row_stats(
     src_ptr, src_rows, live, D, sc, st, sh, sw, eps,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """Mean and 1 / sqrt(unbiased variance + eps) of each target row (BLOCK_R,), one pass over its column
     tiles: each tile's mean and centred sum of squares, merged with Chan's update (as stable as two passes)."""
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
     count = 0.0
-    for d0 in range(0, D, BLOCK_D):
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
         cols = _columns(d0, BLOCK_D, WIDE)
         ok = live[:, None] & (cols < D)[None, :]
         tgt = _load_target(src_ptr, src_rows, cols, ok, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
@@ -335,7 +336,8 @@ def _loss_fwd_kernel(
     R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, PRED_ALIGN: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr, WIDE: tl.constexpr,
+    PRED_ALIGN: tl.constexpr,
 ):
     if PIXELS:
         D = PT * PH * PW * C  # a constant: its alignment (and pred's, PRED_ALIGN) lets pred loads vectorise
@@ -356,9 +358,10 @@ def _loss_fwd_kernel(
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if NORM_PIX:
         mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
-                                BLOCK_R, BLOCK_D, WIDE)  # fmt: skip
+                                BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
     sq_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
         cols = _columns(d0, BLOCK_D, WIDE)
         ok = live[:, None] & (cols < D)[None, :]
         diff, _ = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean, rstd,
@@ -374,8 +377,8 @@ def _loss_bwd_kernel(
     R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, gb, gc, gt, gh, gw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr,
-    PRED_ALIGN: tl.constexpr,
+    SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr,
+    WIDE: tl.constexpr, PRED_ALIGN: tl.constexpr,
 ):
     if PIXELS:
         D = PT * PH * PW * C
@@ -395,14 +398,15 @@ def _loss_bwd_kernel(
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if NORM_PIX:
         mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
-                                BLOCK_R, BLOCK_D, WIDE)  # fmt: skip
+                                BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
     # coef = 2 * grad_loss / (D * sum of weights), computed on device: no host sync
     row_scale = tl.load(coef_ptr) * weight
     grad_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     grad_dot = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if SOURCE_GRAD and NORM_PIX:
         # the row sums of the target gradient the normalisation's backward needs, one pass ahead
-        for d0 in range(0, D, BLOCK_D):
+        for tile in range(NUM_TILES):
+            d0 = tile * BLOCK_D
             cols = _columns(d0, BLOCK_D, WIDE)
             ok = live[:, None] & (cols < D)[None, :]
             diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean,
@@ -412,7 +416,8 @@ def _loss_bwd_kernel(
             grad_dot += tl.sum(grad_tgt * tgt, axis=1)
     grad_pred_rows = grad_pred_ptr + (b * R + rows64) * D
     grad_src_rows = grad_src_ptr + _source_rows(b, patch, gb, gt, gh, gw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
-    for d0 in range(0, D, BLOCK_D):
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
         cols = _columns(d0, BLOCK_D, WIDE)
         col_ok = cols < D
         ok = live[:, None] & col_ok[None, :]
@@ -483,8 +488,8 @@ def _launch(
         lay.grid[1], lay.grid[2], float(eps),
         HAS_IDS=ids is not None, HAS_MASK=mask_f is not None, HAS_WEIGHT=weight_f is not None,
         PIXELS=lay.pixels, C=lay.chans, PT=lay.patch[0], PH=lay.patch[1], PW=lay.patch[2],
-        BLOCK_R=block_r, BLOCK_D=block_d, WIDE=wide, PRED_ALIGN=stride_alignment(pred.stride(0), pred.stride(1)),
-        **consts,
+        BLOCK_R=block_r, BLOCK_D=block_d, NUM_TILES=triton.cdiv(lay.dim, block_d), WIDE=wide,
+        PRED_ALIGN=stride_alignment(pred.stride(0), pred.stride(1)), **consts,
     )
 
 
