@@ -20,8 +20,10 @@ library's kernels ``fastmae_kernels::patchify_gather[_backward]`` are declared w
   stored in place: a pure scatter, bitwise equal to autograd through patchify + gather.
   Saves only ids_keep (and the shape).
 
-Kernel: one program per (visible patch, chunk of BLOCK elements of that patch), walking the
-patch in channel-last order, so the gather's stores (and the scatter's loads) are contiguous. See
+Kernel: one program per (visible patch, chunk of BLOCK elements of that patch); the patch side is
+walked in channel-last order, so the gather's stores (and the scatter's loads) are contiguous, and when
+the whole patch fits one program the image side in the image's own order (pw-wide runs, vector accesses),
+the elements reordered in registers. See
 docs/ops.md for the layout discussion and :func:`bytes_moved` for the
 traffic the benchmark counts.
 """
@@ -134,13 +136,15 @@ def _block_size(patch_numel: int) -> tuple[int, int]:
     return block, max(1, min(8, block // 256))
 
 
-def _image_order(patch_numel: int, block: int, patch: Sequence[int], chans: int) -> dict[str, int | bool]:
-    """IMAGE_ORDER and the (C, PT*PH, PW) tile padded to powers of 2: when the whole patch fits one program and
-    the padded tile is at most twice the row's block (registers)."""
+def _image_order(
+    patch_numel: int, block: int, patch: Sequence[int], chans: int, wide: bool
+) -> dict[str, int | bool]:
+    """IMAGE_ORDER and the (C, PT*PH, PW) tile padded to powers of 2: when the whole patch fits one program, the
+    padded tile is at most twice the row's block (registers), and its offsets fit int32."""
     pt, ph, pw = patch
     pads = {"C_PAD": triton.next_power_of_2(chans), "ROWS_PAD": triton.next_power_of_2(pt * ph),
             "PW_PAD": triton.next_power_of_2(pw)}  # fmt: skip
-    fits = patch_numel <= block and math.prod(pads.values()) <= 2 * block
+    fits = patch_numel <= block and math.prod(pads.values()) <= 2 * block and not wide
     return {"IMAGE_ORDER": fits, **pads}
 
 
@@ -161,11 +165,12 @@ def _launch(
     grid = (batch * num_keep, triton.cdiv(patch_numel, block))
     extent = max(max_patch_offset(video_strides(image)[1:], (pt, ph, pw), chans),
                  (patch_numel - 1) * abs(grad_strides[2]) if grad_strides else 0)  # fmt: skip
+    wide = extent > INT32_MAX
     wrap_triton(_gather_kernel)[grid](
         source, ids_keep, destination, num_keep, height // ph, width // pw,
         *video_strides(image), *ids_keep.stride(), *(grad_strides or (0, 0, 0)),
         SCATTER=grad_strides is not None, PT=pt, PH=ph, PW=pw, CHANS=chans, BLOCK=block,
-        WIDE=extent > INT32_MAX, num_warps=num_warps, **_image_order(patch_numel, block, (pt, ph, pw), chans),
+        WIDE=wide, num_warps=num_warps, **_image_order(patch_numel, block, (pt, ph, pw), chans, wide),
         GRAD_ALIGN=stride_alignment(*grad_strides[:2]) if grad_strides else 16,
     )  # fmt: skip
 

@@ -23,10 +23,11 @@ Which rows of ``pred`` count, and with what weight (w_b = sample_weight[b], 1 wh
 loss = sum_{b,l} weight(b,l) * mean_d (pred - target)^2 / sum_{b,l} weight(b,l); with w = 1 this is exactly
 the spec's sum(loss * mask) / sum(mask).
 
-Kernels: one program per (sample, block of BLOCK_R pred rows) holds a (BLOCK_R, BLOCK_D) tile in registers,
-BLOCK_D the power of 2 >= D. It loads the pred rows, builds the target rows from the image pixels (or the
-explicit target rows), normalises them per patch when ``norm_pix``, and writes one float32 partial sum per
-program (no float atomics, so the loss is deterministic); torch adds the (B, R/BLOCK_R) partials. The
+Kernels: one program per (sample, block of BLOCK_R pred rows) walks its rows in (BLOCK_R, BLOCK_D) column
+tiles (BLOCK_D at most 256). It loads the pred rows, builds the target rows from the image pixels (or the
+explicit target rows), normalises them per patch when ``norm_pix`` (row statistics in a first pass over the
+tiles), and writes one float32 partial sum per program (no float atomics, so the loss is deterministic);
+torch adds the (B, R/BLOCK_R) partials. The
 backward recomputes the target the same way and writes grad_pred (and the source gradient) directly; nothing
 larger than the partials is allocated besides the gradients themselves.
 """
