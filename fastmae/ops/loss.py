@@ -296,8 +296,11 @@ def _row_stats(
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
-    """Mean and 1 / sqrt(unbiased variance + eps) of each target row (BLOCK_R,), one pass over its column
-    tiles: each tile's mean and centred sum of squares, merged with Chan's update (as stable as two passes)."""
+    """Each target row's first element t0, the mean of t - t0 and 1 / sqrt(unbiased variance + eps), (BLOCK_R,)
+    each, in one pass over its column tiles: each tile's mean and centred sum of squares, merged with Chan's
+    update (as stable as two passes). Shifting by t0 makes the sums scale with the row's spread, not its level
+    (a bright, flat patch keeps its precision); t - t0 is exact for elements within 2x of t0."""
+    shift = tl.load(src_ptr + src_rows, mask=live, other=0.0).to(tl.float32)
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
     count = 0.0
@@ -306,6 +309,7 @@ def _row_stats(
         cols = _columns(d0, BLOCK_D, WIDE)
         ok = live[:, None] & (cols < D)[None, :]
         tgt = _load_target(src_ptr, src_rows, cols, ok, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
+        tgt = tl.where(ok, tgt - shift[:, None], 0.0)
         n = tl.minimum(D - d0, BLOCK_D).to(tl.float32)
         tile_mean = tl.sum(tgt, axis=1) / n
         dev = tl.where(ok, tgt - tile_mean[:, None], 0.0)
@@ -314,12 +318,12 @@ def _row_stats(
         mean = mean + delta * (n / total)
         m2 = m2 + tl.sum(dev * dev, axis=1) + delta * delta * (count * n / total)
         count = total
-    return mean, 1.0 / tl.sqrt(m2 / (D - 1) + eps)
+    return shift, mean, 1.0 / tl.sqrt(m2 / (D - 1) + eps)
 
 
 @triton.jit
 def _tile_diff(
-    pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean, rstd,
+    pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift, mean, rstd,
     NORM_PIX: tl.constexpr, PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
     PW: tl.constexpr,
 ):  # fmt: skip
@@ -327,7 +331,7 @@ def _tile_diff(
     pred = tl.load((pred_ptr + pred_rows)[:, None] + (cols * sp_d)[None, :], mask=ok, other=0.0).to(tl.float32)
     tgt = _load_target(src_ptr, src_rows, cols, ok, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
     if NORM_PIX:
-        tgt = tl.where(ok, (tgt - mean[:, None]) * rstd[:, None], 0.0)
+        tgt = tl.where(ok, ((tgt - shift[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
     return tl.where(ok, pred - tgt, 0.0), tgt
 
 
@@ -355,18 +359,19 @@ def _loss_fwd_kernel(
     live = row_ok & (weight != 0.0)  # rows of weight 0 (kept patches under a mask) are not read at all
     pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
     src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
+    shift = tl.zeros((BLOCK_R,), dtype=tl.float32)
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if NORM_PIX:
-        mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
-                                BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
+        shift, mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
+                                       BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
     sq_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for tile in range(NUM_TILES):
         d0 = tile * BLOCK_D
         cols = _columns(d0, BLOCK_D, WIDE)
         ok = live[:, None] & (cols < D)[None, :]
-        diff, _ = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean, rstd,
-                             NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+        diff, _ = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift, mean,
+                             rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
         sq_sum += tl.sum(diff * diff, axis=1)
     partial = tl.sum(tl.where(row_ok, sq_sum / D * weight, 0.0), axis=0)
     tl.store(partial_ptr + b * tl.num_programs(1) + pid_r, partial)
@@ -395,11 +400,12 @@ def _loss_bwd_kernel(
     live = row_ok & (weight != 0.0)
     pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
     src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
+    shift = tl.zeros((BLOCK_R,), dtype=tl.float32)
     mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if NORM_PIX:
-        mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
-                                BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
+        shift, mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
+                                       BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
     # coef = 2 * grad_loss / (D * sum of weights), computed on device: no host sync
     row_scale = tl.load(coef_ptr) * weight
     grad_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -410,8 +416,8 @@ def _loss_bwd_kernel(
             d0 = tile * BLOCK_D
             cols = _columns(d0, BLOCK_D, WIDE)
             ok = live[:, None] & (cols < D)[None, :]
-            diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean,
-                                   rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+            diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift,
+                                   mean, rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
             grad_tgt = -(diff * row_scale[:, None])
             grad_sum += tl.sum(grad_tgt, axis=1)
             grad_dot += tl.sum(grad_tgt * tgt, axis=1)
@@ -423,8 +429,8 @@ def _loss_bwd_kernel(
         col_ok = cols < D
         ok = live[:, None] & col_ok[None, :]
         store_ok = row_ok[:, None] & col_ok[None, :]  # weight-0 rows get zeros
-        diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, mean,
-                               rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+        diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift,
+                               mean, rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
         grad = diff * row_scale[:, None]
         tl.store(grad_pred_rows[:, None] + cols[None, :], narrow_fp32(grad, grad_pred_ptr.dtype.element_ty),
                  mask=store_ok)  # fmt: skip
