@@ -55,6 +55,26 @@ def test_selective_recompute_keeps_far_fewer_bytes():
     assert selective.saved_hook_bytes < selective.activation_bytes, "recomputed regions hide their saves"
 
 
+@pytest.mark.parametrize("recompute", ["none", "selective"])
+def test_bf16_weights_drop_the_weight_copies_and_add_an_fp32_master(recompute):
+    """--weights bf16, measured on real CPU tensors and predicted: no autocast weight copies; the bf16 weights and
+    gradients take half the bytes of fp32 ones, the fp32 master the full bytes."""
+    plain = StepTracer("fastmae", MODEL, recompute=recompute, fake=False).trace(4)
+    measured = StepTracer("fastmae", MODEL, recompute=recompute, weights="bf16", fake=False).trace(4)
+    predicted = StepTracer("fastmae", MODEL, recompute=recompute, weights="bf16", fake=True).trace(4)
+    assert _close(predicted.activation_bytes, measured.activation_bytes)
+    assert _close(predicted.traced_peak_bytes, measured.traced_peak_bytes)
+    assert WEIGHT_COPIES not in measured.activations and plain.activations[WEIGHT_COPIES] > 0
+    assert measured.activation_bytes == plain.activation_bytes - plain.activations[WEIGHT_COPIES]
+    master = measured.master_bytes
+    assert master > 0.9 * (plain.parameter_bytes - _frozen_bytes())  # nearly every trainable weight
+    assert measured.parameter_bytes == plain.parameter_bytes - master // 2
+    assert measured.gradient_bytes == plain.gradient_bytes - master // 2
+    assert measured.peak_bytes >= measured.traced_peak_bytes + measured.optimizer_bytes + master
+    with pytest.raises(ValueError, match="applies to the fastmae provider in bf16 only"):
+        StepTracer("fastmae", MODEL, precision="fp32", weights="bf16")
+
+
 def test_largest_batch_is_the_last_that_fits():
     tracer = StepTracer("fastmae", "mae_vit_test", fake=False)  # real tensors: faster than fake at this size
     at5, at6 = tracer.trace(5), tracer.trace(6)
