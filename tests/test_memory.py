@@ -75,6 +75,19 @@ def test_bf16_weights_drop_the_weight_copies_and_add_an_fp32_master(recompute):
         StepTracer("fastmae", MODEL, precision="fp32", weights="bf16")
 
 
+@pytest.mark.parametrize(("recompute", "weights"), [("none", "fp32"), ("selective", "bf16")])
+def test_predicted_peak_matches_the_real_train_step(recompute, weights):
+    """The trainer's own eager step (nonfinite check, fused AdamW, masters) on real CPU tensors peaks where the
+    report predicts: the check a GPU repeats with max_memory_allocated (benchmarks/bench_memory.py --measure)."""
+    from fastmae.bench.memory_measure import measure_peak
+
+    row = measure_peak("fastmae", MODEL, 4, "cpu", recompute=recompute, weights=weights)
+    assert row["measured_peak_bytes"] > 1_000_000
+    assert abs(row["measured_over_predicted"] - 1) < 0.01, row
+    with pytest.raises(ValueError, match="on CPU only the fastmae step"):
+        measure_peak("reference-modern", MODEL, 4, "cpu")
+
+
 def test_largest_batch_is_the_last_that_fits():
     tracer = StepTracer("fastmae", "mae_vit_test", fake=False)  # real tensors: faster than fake at this size
     at5, at6 = tracer.trace(5), tracer.trace(6)
