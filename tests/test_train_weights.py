@@ -22,7 +22,8 @@ def images(step: int, micro_step: int) -> torch.Tensor:
     return torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(100 * step + micro_step))
 
 
-def train(weights: str, *, accum: int = 1, steps: int = 4, exact: bool = False, poison_step: int | None = None):
+def train(weights: str, *, accum: int = 1, steps: int = 4, exact: bool = False, poison_step: int | None = None,
+          compile: bool = False):
     """(metrics, fp32 state dict, model, master) after ``steps`` optimizer steps from the seed-0 weights.
 
     ``exact``: the oracle, fp32 without autocast (the fused ops take no float64; fp32's own error is about
@@ -33,8 +34,8 @@ def train(weights: str, *, accum: int = 1, steps: int = 4, exact: bool = False, 
     master = MasterWeights(model) if weights == "bf16" else None
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, master=master)
     step = TrainStep(model, optimizer, num_patches=model.num_patches, mask_ratio=0.75, accum_iter=accum,
-                     device=torch.device("cpu"), autocast_dtype=None if exact else torch.bfloat16, compile=False,
-                     seed=3, log_every=steps, master=master)
+                     device=torch.device("cpu"), autocast_dtype=None if exact else torch.bfloat16, compile=compile,
+                     compile_backend="aot_eager", seed=3, log_every=steps, master=master)
     target = model.blocks[0].mlp.fc1.weight
     for s in range(steps):
         set_lr(optimizer, 2.5e-4 * (s + 1))  # a warmup, the same whatever ``steps``
@@ -62,11 +63,15 @@ def test_weights_are_bf16_and_the_masters_fp32():
     assert all(torch.equal(full[name], before[name]) for name in before)  # the masters are the fp32 values
 
 
-def test_one_micro_step_trains_bitwise_as_autocast():
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_one_micro_step_trains_bitwise_as_autocast(compile):
     """The forward reads the bf16 rounding autocast would make of the same master, and gets back the same
-    gradient: losses and fp32 weights after 4 steps are bitwise those of bf16 autocast on fp32 weights."""
-    base_metrics, base_state, _, _ = train("fp32")
-    metrics, state, _, _ = train("bf16")
+    gradient: losses and fp32 weights are bitwise those of bf16 autocast on fp32 weights (compiled: aot_eager)."""
+    steps = 2 if compile else 4
+    torch._dynamo.reset()
+    base_metrics, base_state, _, _ = train("fp32", steps=steps, compile=compile)
+    torch._dynamo.reset()
+    metrics, state, _, _ = train("bf16", steps=steps, compile=compile)
     assert metrics.losses == base_metrics.losses
     for name, value in base_state.items():
         assert torch.equal(state[name], value), name
