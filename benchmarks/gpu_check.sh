@@ -9,6 +9,7 @@
 #   4 timings   benchmarks/bench_ops.py at ViT-B/16 and ViT-H/14 (every path: fastmae's op on its Triton and
 #               plain-torch kernels, eager and compiled reference, a plain copy_ of the same bytes)
 #   5 step      benchmarks/bench_train_step.py: ViT-B/16, batch 256, the three providers
+#   (6 memory   GPU_CHECK_MEMORY=1 only: benchmarks/bench_memory.py --measure, predicted vs measured peak)
 #
 #   bash benchmarks/gpu_check.sh                     # on the GPU machine; results in $OUT (else ./gpu_check_out)
 #   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh # CPU, tiny shapes, same stages (CI runs this)
@@ -99,6 +100,14 @@ run_stage nan "$T_NAN" pytest_stage "$out/nan.xml" "${nan_args[@]}"
 run_stage ops "$T_OPS" pytest_stage "$out/ops.xml" "${ops_args[@]}"
 run_stage timings "$T_TIMINGS" $python benchmarks/bench_ops.py "${timing_args[@]}" --out "$out/ops.jsonl"
 run_stage step "$T_STEP" $python benchmarks/bench_train_step.py "${step_args[@]}" --out "$out/train_step.jsonl"
+
+# opt-in, outside the stage budget (docs/ops.md): GPU_CHECK_MEMORY=1 adds the memory report's predicted peak
+# against max_memory_allocated of the real eager step, ViT-B/16 batch 256, every variant (docs/memory.md)
+if [ "${GPU_CHECK_MEMORY:-0}" = 1 ]; then
+    memory_args=(--measure cuda --models mae_vit_base_patch16 --batches 256)
+    [ "$dry" = 1 ] && memory_args=(--measure cpu --models mae_vit_test --batches 2)
+    run_stage memory 90 $python benchmarks/bench_memory.py "${memory_args[@]}" --extra --fit --out "$out/memory.jsonl"
+fi
 
 $python -m fastmae.bench.gpu_check_summary "$out" "$status_file"
 status=$?

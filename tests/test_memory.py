@@ -55,6 +55,39 @@ def test_selective_recompute_keeps_far_fewer_bytes():
     assert selective.saved_hook_bytes < selective.activation_bytes, "recomputed regions hide their saves"
 
 
+@pytest.mark.parametrize("recompute", ["none", "selective"])
+def test_bf16_weights_drop_the_weight_copies_and_add_an_fp32_master(recompute):
+    """--weights bf16, measured on real CPU tensors and predicted: no autocast weight copies; the bf16 weights and
+    gradients take half the bytes of fp32 ones, the fp32 master the full bytes."""
+    plain = StepTracer("fastmae", MODEL, recompute=recompute, fake=False).trace(4)
+    measured = StepTracer("fastmae", MODEL, recompute=recompute, weights="bf16", fake=False).trace(4)
+    predicted = StepTracer("fastmae", MODEL, recompute=recompute, weights="bf16", fake=True).trace(4)
+    assert _close(predicted.activation_bytes, measured.activation_bytes)
+    assert _close(predicted.traced_peak_bytes, measured.traced_peak_bytes)
+    assert WEIGHT_COPIES not in measured.activations and plain.activations[WEIGHT_COPIES] > 0
+    assert measured.activation_bytes == plain.activation_bytes - plain.activations[WEIGHT_COPIES]
+    master = measured.master_bytes
+    assert master > 0.9 * (plain.parameter_bytes - _frozen_bytes())  # nearly every trainable weight
+    assert measured.parameter_bytes == plain.parameter_bytes - master // 2
+    assert measured.gradient_bytes == plain.gradient_bytes - master // 2
+    assert measured.peak_bytes >= measured.traced_peak_bytes + measured.optimizer_bytes + master
+    with pytest.raises(ValueError, match="applies to the fastmae provider in bf16 only"):
+        StepTracer("fastmae", MODEL, precision="fp32", weights="bf16")
+
+
+@pytest.mark.parametrize(("recompute", "weights"), [("none", "fp32"), ("selective", "bf16")])
+def test_predicted_peak_matches_the_real_train_step(recompute, weights):
+    """The trainer's own eager step (nonfinite check, fused AdamW, masters) on real CPU tensors peaks where the
+    report predicts: the check a GPU repeats with max_memory_allocated (benchmarks/bench_memory.py --measure)."""
+    from fastmae.bench.memory_measure import measure_peak
+
+    row = measure_peak("fastmae", MODEL, 4, "cpu", recompute=recompute, weights=weights)
+    assert row["measured_peak_bytes"] > 1_000_000
+    assert abs(row["measured_over_predicted"] - 1) < 0.01, row
+    with pytest.raises(ValueError, match="on CPU only the fastmae step"):
+        measure_peak("reference-modern", MODEL, 4, "cpu")
+
+
 def test_largest_batch_is_the_last_that_fits():
     tracer = StepTracer("fastmae", "mae_vit_test", fake=False)  # real tensors: faster than fake at this size
     at5, at6 = tracer.trace(5), tracer.trace(6)

@@ -78,11 +78,12 @@ def _official_optimizer(fastmae_state: dict, model: torch.nn.Module) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def test_resume_of_an_official_checkpoint_matches_fastmae_resume(tmp_path, capsys):
+@pytest.mark.parametrize("weights", [[], ["--precision", "bf16", "--weights", "bf16"]], ids=["fp32", "bf16-weights"])
+def test_resume_of_an_official_checkpoint_matches_fastmae_resume(weights, tmp_path, capsys):
     from fastmae.train.modeling import build_model
 
     first = tmp_path / "first"
-    assert main([*TINY, *SYNTHETIC, "--max_steps", "4", "--output_dir", str(first)]) == 0  # one epoch
+    assert main([*TINY, *SYNTHETIC, *weights, "--max_steps", "4", "--output_dir", str(first)]) == 0  # one epoch
     saved = last_state(first)
     official = {"model": saved["model"], "epoch": 0, "scaler": {"scale": 65536.0},
                 "optimizer": _official_optimizer(saved["optimizer"], build_model("mae_vit_test")),
@@ -90,11 +91,11 @@ def test_resume_of_an_official_checkpoint_matches_fastmae_resume(tmp_path, capsy
     official_path = tmp_path / "checkpoint-0.pth"
     torch.save(official, official_path)
     capsys.readouterr()
-    assert main([*TINY, *SYNTHETIC, "--max_steps", "8", "--resume", str(official_path),
+    assert main([*TINY, *SYNTHETIC, *weights, "--max_steps", "8", "--resume", str(official_path),
                  "--output_dir", str(tmp_path / "from_official")]) == 0
     printed = capsys.readouterr().out
     assert "official checkpoint: epoch 0 done, continuing at epoch 1, global step 4" in printed
-    assert main([*TINY, *SYNTHETIC, "--max_steps", "8", "--resume", str(ckpt.list_checkpoints(first)[-1]),
+    assert main([*TINY, *SYNTHETIC, *weights, "--max_steps", "8", "--resume", str(ckpt.list_checkpoints(first)[-1]),
                  "--output_dir", str(tmp_path / "from_fastmae")]) == 0
     a, b = last_state(tmp_path / "from_official"), last_state(tmp_path / "from_fastmae")
     assert a["global_step"] == b["global_step"] == 8

@@ -51,6 +51,7 @@ def summarise(out_dir: Path, stages_tsv: Path) -> dict[str, Any]:
         "ops": lambda: junit_summary(out_dir / "ops.xml"),
         "timings": lambda: {"rows": _rows(out_dir / "ops.jsonl")},
         "step": lambda: {"rows": _rows(out_dir / "train_step.jsonl")},
+        "memory": lambda: {"rows": _rows(out_dir / "memory.jsonl")},  # opt-in: GPU_CHECK_MEMORY=1
     }
     for line in stages_tsv.read_text().splitlines():
         name, status, seconds, limit = line.split("\t")

@@ -19,8 +19,10 @@ decoder_pred, the loss), and ``autocast weight copies`` (low-precision casts of 
 
 The predicted peak of a steady-state step is the traced peak of forward + backward (parameters,
 batch, activations, gradients and temporaries together) plus the AdamW state (exp_avg and exp_avg_sq,
-allocated at the first step), or the optimizer step's own peak if larger (the non-fused reference
-AdamW's foreach kernels make about one parameter-sized temporary). It counts tensor bytes, like
+allocated at the first step) and, with bf16 weights (``weights="bf16"``, the trainer's ``--weights``),
+the fp32 master weights, or the optimizer step's own peak if larger (the gradients are fp32 there:
+bf16 ones are widened onto the masters; the non-fused reference AdamW's foreach kernels make about one
+parameter-sized temporary). It counts tensor bytes, like
 ``torch.cuda.max_memory_allocated``; the CUDA context, library workspaces and allocator rounding are
 not in it, hence the usable-fraction ``headroom`` of a GPU's memory in :func:`fits`.
 
@@ -45,6 +47,7 @@ from torch.utils._pytree import tree_leaves
 
 from fastmae.bench.providers import AUTOCAST_DTYPES, GPU_PRECISION, PROVIDERS, REFERENCE_ATTN
 from fastmae.models.recompute import RECOMPUTE_MODES, check_recompute
+from fastmae.train.precision import WEIGHTS
 
 # usable bytes of the GPUs the planner knows (decimal GB, as the vendors state them)
 GPU_MEMORY_BYTES: dict[str, int] = {"h100": 80 * 10**9, "h200": 141 * 10**9}
@@ -181,6 +184,8 @@ class StepMemory:
     input_bytes: int  # the batch and the masking noise
     traced_peak_bytes: int  # forward + backward, parameters and batch included, optimizer state not
     optimizer_step_peak_bytes: int = field(default=0)
+    weights: str = "fp32"  # dtype of the Linear/conv weights the model holds
+    master_bytes: int = 0  # fp32 master weights in the optimizer (weights "bf16")
 
     @property
     def activation_bytes(self) -> int:
@@ -189,16 +194,17 @@ class StepMemory:
     @property
     def peak_bytes(self) -> int:
         """Predicted peak of a steady-state step (optimizer state allocated)."""
-        return max(self.traced_peak_bytes + self.optimizer_bytes, self.optimizer_step_peak_bytes)
+        return max(self.traced_peak_bytes + self.optimizer_bytes + self.master_bytes, self.optimizer_step_peak_bytes)
 
     def row(self) -> dict[str, Any]:
         """A flat benchmark row."""
         return {
             "bench": "memory", "model": self.model, "provider": self.provider, "batch": self.batch,
-            "precision": self.precision, "recompute": self.recompute, "traced": "fake" if self.fake else "cpu",
+            "precision": self.precision, "recompute": self.recompute, "weights": self.weights,
+            "traced": "fake" if self.fake else "cpu",
             "activation_bytes": self.activation_bytes, "saved_hook_bytes": self.saved_hook_bytes,
             "parameter_bytes": self.parameter_bytes, "gradient_bytes": self.gradient_bytes,
-            "optimizer_bytes": self.optimizer_bytes, "peak_bytes": self.peak_bytes,
+            "optimizer_bytes": self.optimizer_bytes, "master_bytes": self.master_bytes, "peak_bytes": self.peak_bytes,
             **{f"act[{c}]": self.activations.get(c, 0) for c in CATEGORIES},
         }
 
@@ -207,12 +213,17 @@ def provider_precision(provider: str) -> str:
     return GPU_PRECISION[provider]
 
 
-def _build_model(provider: str, model_name: str, norm_pix_loss: bool, recompute: str) -> nn.Module:
+def _build_model(provider: str, model_name: str, norm_pix_loss: bool, recompute: str,
+                 weights: str = "fp32") -> nn.Module:
+    """``provider``'s model; fastmae's with ``recompute`` and its Linear/conv weights in ``weights``."""
     if provider == "fastmae":
+        from fastmae.train.master_weights import MasterWeights
         from fastmae.train.modeling import build_model
 
         model = build_model(model_name, norm_pix_loss=norm_pix_loss)
         model.set_recompute(recompute)
+        if weights == "bf16":
+            MasterWeights(model)  # converts the weights in place (the trainer's rule); the masters are counted apart
         return model
     from fastmae.reference import create_reference_model
 
@@ -222,12 +233,14 @@ def _build_model(provider: str, model_name: str, norm_pix_loss: bool, recompute:
 class StepTracer:
     """One model of ``provider`` (fake or real, on CPU) whose training step is traced at any batch.
 
-    ``recompute`` applies to fastmae only (the references have none); ``precision`` defaults to what
-    the provider runs on a GPU (reference-published fp16, the others bf16).
+    ``recompute`` and ``weights`` (the trainer's ``--weights``: "bf16" holds the Linear/conv weights in
+    bf16 with an fp32 master in the optimizer) apply to fastmae only; ``precision`` defaults to what the
+    provider runs on a GPU (reference-published fp16, the others bf16).
     """
 
     def __init__(self, provider: str, model_name: str, *, precision: str | None = None, recompute: str = "none",
-                 fake: bool = True, mask_ratio: float = 0.75, norm_pix_loss: bool = True, seed: int = 0) -> None:
+                 weights: str = "fp32", fake: bool = True, mask_ratio: float = 0.75, norm_pix_loss: bool = True,
+                 seed: int = 0) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         precision = precision or provider_precision(provider)
@@ -236,17 +249,25 @@ class StepTracer:
         check_recompute(recompute)
         if provider != "fastmae" and recompute != "none":
             raise ValueError(f"recompute applies to the fastmae provider only, got {recompute!r} for {provider}")
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        if weights != "fp32" and (provider != "fastmae" or precision != "bf16"):
+            raise ValueError(f"weights {weights!r} applies to the fastmae provider in bf16 only, got {provider} "
+                             f"in {precision}")
         self.provider, self.model_name, self.precision = provider, model_name, precision
-        self.recompute, self.fake, self.mask_ratio = recompute, fake, mask_ratio
+        self.recompute, self.weights, self.fake, self.mask_ratio = recompute, weights, fake, mask_ratio
         self._mode = self._fake_mode() if fake else None
         torch.manual_seed(seed)
         with self._maybe_fake():
-            self.model = _build_model(provider, model_name, norm_pix_loss, recompute)
+            self.model = _build_model(provider, model_name, norm_pix_loss, recompute, weights)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        fp32_bytes = 4 * sum(p.numel() for p in trainable)  # AdamW moments, masters and step gradients are fp32
         self._parameter_bytes = sum(t.untyped_storage().nbytes() for t in [*self.model.parameters(),
                                                                            *self.model.buffers()])
-        self._optimizer_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)
-        self._foreach_bytes = 0 if provider == "fastmae" else _FOREACH_TEMPORARIES * self._optimizer_bytes // 2
+        self._optimizer_bytes = 2 * fp32_bytes
+        self._master_bytes = 4 * sum(p.numel() for p in trainable if p.dtype != torch.float32)
+        self._step_gradient_bytes = fp32_bytes
+        self._foreach_bytes = 0 if provider == "fastmae" else _FOREACH_TEMPORARIES * fp32_bytes
 
     @staticmethod
     def _fake_mode() -> Any:
@@ -304,8 +325,9 @@ class StepTracer:
             saved_hook_bytes=sum(saved.values()), parameter_bytes=self._parameter_bytes, gradient_bytes=grads,
             optimizer_bytes=self._optimizer_bytes, input_bytes=imgs.nbytes + noise.nbytes,
             traced_peak_bytes=ledger.peak,
-            optimizer_step_peak_bytes=(self._parameter_bytes + grads + self._optimizer_bytes + self._foreach_bytes
-                                       + imgs.nbytes + noise.nbytes),
+            optimizer_step_peak_bytes=(self._parameter_bytes + self._master_bytes + self._step_gradient_bytes
+                                       + self._optimizer_bytes + self._foreach_bytes + imgs.nbytes + noise.nbytes),
+            weights=self.weights, master_bytes=self._master_bytes,
         )
 
 
@@ -368,13 +390,14 @@ def largest_batch(tracer: StepTracer, capacity: int, *, headroom: float = DEFAUL
 
 
 def trace_providers(model_name: str, batch: int, *, providers: Sequence[str] = PROVIDERS,
-                    recompute: str = "none", fake: bool = True,
+                    recompute: str = "none", weights: str = "fp32", fake: bool = True,
                     on_trace: Callable[[StepTracer], None] | None = None) -> list[StepMemory]:
-    """One step traced per provider at ``batch``; ``recompute`` applies to fastmae."""
+    """One step traced per provider at ``batch``; ``recompute`` and ``weights`` apply to fastmae."""
     out = []
     for provider in providers:
-        tracer = StepTracer(provider, model_name, recompute=recompute if provider == "fastmae" else "none",
-                            fake=fake)
+        ours = provider == "fastmae"
+        tracer = StepTracer(provider, model_name, recompute=recompute if ours else "none",
+                            weights=weights if ours else "fp32", fake=fake)
         if on_trace is not None:
             on_trace(tracer)
         out.append(tracer.trace(batch))

@@ -19,6 +19,7 @@ _MB = 1e6
 def build_parser() -> argparse.ArgumentParser:
     from fastmae.bench.memory import DEFAULT_HEADROOM, GPU_MEMORY_BYTES
     from fastmae.models.recompute import DEFAULT_RECOMPUTE, RECOMPUTE_MODES
+    from fastmae.train.precision import DEFAULT_WEIGHTS, WEIGHTS
 
     parser = argparse.ArgumentParser(prog="fastmae memory", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
     parser.add_argument("--recompute", choices=RECOMPUTE_MODES, default=DEFAULT_RECOMPUTE,
                         help="fastmae's activation recomputation (the trainer's --recompute)")
+    parser.add_argument("--weights", choices=WEIGHTS, default=DEFAULT_WEIGHTS,
+                        help="dtype of fastmae's Linear/conv weights (the trainer's --weights; bf16: fp32 master "
+                             "in the optimizer, no autocast weight copies)")
     parser.add_argument("--gpu", choices=sorted(GPU_MEMORY_BYTES), default="h100", help="GPU to plan for")
     parser.add_argument("--gpu_memory_gb", type=float, default=None, help="GPU memory in GB (overrides --gpu)")
     parser.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
@@ -59,7 +63,8 @@ def format_table(memories: Sequence[object], capacity: int, headroom: float) -> 
     """Markdown table: one column per traced step, rows = categories, totals, peak and fit (MB)."""
     from fastmae.bench.memory import CATEGORIES, WEIGHT_COPIES, fits
 
-    header = ["MB"] + [f"{m.provider} ({m.precision}, recompute {m.recompute})" for m in memories]
+    header = ["MB"] + [f"{m.provider} ({m.precision}, recompute {m.recompute}"
+                       + (f", {m.weights} weights)" if m.weights != "fp32" else ")") for m in memories]
     rows = [[c] + [f"{m.activations.get(c, 0) / _MB:,.1f}" for m in memories] for c in CATEGORIES]
     rows += [
         ["**activations kept for backward**"] + [f"**{m.activation_bytes / _MB:,.1f}**" for m in memories],
@@ -68,6 +73,7 @@ def format_table(memories: Sequence[object], capacity: int, headroom: float) -> 
         ["parameters (+ buffers)"] + [f"{m.parameter_bytes / _MB:,.1f}" for m in memories],
         ["gradients"] + [f"{m.gradient_bytes / _MB:,.1f}" for m in memories],
         ["AdamW state"] + [f"{m.optimizer_bytes / _MB:,.1f}" for m in memories],
+        ["fp32 master weights (optimizer)"] + [f"{m.master_bytes / _MB:,.1f}" for m in memories],
         ["**predicted peak**"] + [f"**{m.peak_bytes / _MB:,.1f}**" for m in memories],
         [f"fits {headroom:.0%} of {capacity / 1e9:g} GB"] + [str(fits(m, capacity, headroom)) for m in memories],
     ]
@@ -81,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastmae.bench.memory import StepTracer, gpu_capacity, largest_batch
 
     capacity = int(args.gpu_memory_gb * 1e9) if args.gpu_memory_gb is not None else gpu_capacity(args.gpu)
-    tracers = [StepTracer(p, args.model, recompute=args.recompute if p == "fastmae" else "none", fake=not args.real)
+    tracers = [StepTracer(p, args.model, recompute=args.recompute if p == "fastmae" else "none",
+                          weights=args.weights if p == "fastmae" else "fp32", fake=not args.real)
                for p in args.providers]
     memories = [tracer.trace(args.batch_size) for tracer in tracers]
     print(f"{args.model}, batch {args.batch_size}: one training step traced on the CPU "
@@ -94,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for memory, row in zip(memories, rows):
             row["compiled_saved_bytes"] = compiled_saved_bytes(memory.provider, args.model, args.batch_size,
-                                                               recompute=memory.recompute)
+                                                               recompute=memory.recompute, weights=memory.weights)
             print(f"compiled (min-cut partition) {memory.provider}: {row['compiled_saved_bytes'] / _MB:,.1f} MB "
                   f"saved for backward (eager: {memory.activation_bytes / _MB:,.1f} MB)")
     if args.fit:

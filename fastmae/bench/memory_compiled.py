@@ -37,12 +37,14 @@ def _saved_bytes(graph: torch.fx.Graph, num_user_outputs: int) -> int:
 
 
 def compiled_saved_bytes(provider: str, model_name: str, batch: int, *, recompute: str = "none",
-                         precision: str | None = None, mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> int:
-    """Bytes the min-cut partition of ``provider``'s compiled forward saves for backward at ``batch``."""
+                         weights: str = "fp32", precision: str | None = None, mask_ratio: float = 0.75,
+                         norm_pix_loss: bool = True) -> int:
+    """Bytes the min-cut partition of ``provider``'s compiled forward saves for backward at ``batch``
+    (``weights`` "bf16": fastmae's Linear/conv weights held in bf16, as the trainer's ``--weights bf16``)."""
     from functorch.compile import min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
 
-    model = _build_model(provider, model_name, norm_pix_loss, recompute)
+    model = _build_model(provider, model_name, norm_pix_loss, recompute, weights)
     found: dict[str, int] = {}
 
     def forward_compiler(gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ import torch
 
 from fastmae.data.epoch import LOADER_BACKENDS
 from fastmae.models.attention import ATTN_BACKENDS
-from fastmae.train.precision import AUTOCAST_DTYPES, PRECISIONS
+from fastmae.train.precision import AUTOCAST_DTYPES, PRECISIONS, WEIGHTS
 
 LOADERS = (*LOADER_BACKENDS, "synthetic")
 
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     ours = p.add_argument_group("fastmae")
     ours.add_argument("--precision", choices=PRECISIONS, default=None,
                       help="default: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU")
+    ours.add_argument("--weights", choices=WEIGHTS, default=None,
+                      help="dtype the Linear/conv weights are held in; bf16: an fp32 master copy in the optimizer, "
+                           "no autocast weight copies (needs --precision bf16). Default: fp32 (measured, see "
+                           "docs/memory.md); under --fsdp, FSDP2's mixed precision (fp32 shards, gathered in the "
+                           "autocast dtype)")
     ours.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                       help="torch.compile the step (default: on for CUDA, off for CPU)")
     ours.add_argument("--compile_backend", default="inductor", help="torch.compile backend (tests: aot_eager)")

@@ -8,8 +8,13 @@ device, so changing it never recompiles a compiled optimizer step nor copies hos
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fastmae.train.master_weights import MasterWeights
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
@@ -26,13 +31,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    master: MasterWeights | None = None) -> torch.optim.AdamW:
     """AdamW (0.9, 0.95), fused (one kernel per step on CUDA; also available on CPU).
 
     The fused implementation also honours a device-side ``found_inf`` flag, which the train
-    step uses to skip non-finite updates without a host sync.
+    step uses to skip non-finite updates without a host sync. With ``master`` (bf16 weights) it
+    updates the fp32 masters in place of the model's bf16 parameters, in the same groups and order.
     """
-    return adamw(param_groups(model, weight_decay), lr, betas=(0.9, 0.95))
+    groups = param_groups(model, weight_decay)
+    return adamw(master.substitute(groups) if master is not None else groups, lr, betas=(0.9, 0.95))
 
 
 def adamw(groups: list[dict[str, object]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:

@@ -40,8 +40,10 @@ from fastmae.train.distributed import (
     wrap_model,
 )
 from fastmae.train.lock import own_output_dir
+from fastmae.train.master_weights import MasterWeights
 from fastmae.train.modeling import build_model, default_img_size, unwrap
 from fastmae.train.optim import build_optimizer, set_lr
+from fastmae.train.precision import autocast_dtype, resolve_weights
 from fastmae.train.progress import Meter, Reporter, peak_memory_gb
 from fastmae.train.schedule import lr_for_step
 from fastmae.train.signals import StopRequest, agreed_stop, exit_code, resume_command
@@ -87,9 +89,13 @@ class Trainer:
         model.to(self.device)
         model.set_grad_checkpointing(args.grad_checkpointing)
         model.set_recompute(args.recompute)
-        param_dtype = self.settings.autocast_dtype if args.fsdp else None
+        self.weights = resolve_weights(args.weights, self.settings.precision, args.fsdp)
+        # bf16 weights: FSDP2 gathers its fp32 shards in bf16 itself; otherwise fp32 masters in the optimizer
+        self.master = MasterWeights(model) if self.weights == "bf16" and not args.fsdp else None
+        param_dtype = autocast_dtype(self.weights) if args.fsdp else None
         self.model = wrap_model(model, world, fsdp=args.fsdp, param_dtype=param_dtype)
-        self.optimizer = build_optimizer(self.model if args.fsdp else model, self.settings.lr, args.weight_decay)
+        self.optimizer = build_optimizer(self.model if args.fsdp else model, self.settings.lr, args.weight_decay,
+                                         master=self.master)
         self.batches: BatchSource = build_batches(args, self.settings.loader, self.device, world.rank, world.size,
                                                   self.input_size)
         self.steps_per_epoch = len(self.batches) // args.accum_iter
@@ -103,7 +109,7 @@ class Trainer:
             self.model, self.optimizer, num_patches=unwrap(model).num_patches, mask_ratio=args.mask_ratio,
             accum_iter=args.accum_iter, device=self.device, autocast_dtype=self.settings.autocast_dtype,
             compile=self.settings.compile, compile_backend=args.compile_backend, seed=args.seed,
-            rank=world.rank, world_size=world.size, log_every=args.log_every)
+            rank=world.rank, world_size=world.size, log_every=args.log_every, master=self.master)
         self.position = Position(args.start_epoch, 0, args.start_epoch * self.steps_per_epoch)
         self.epoch_losses: list[float] = []  # losses of the epoch in progress (for log.txt)
         self.display_losses: list[float] = []  # losses not yet shown on the console
@@ -125,6 +131,8 @@ class Trainer:
     def save(self) -> Path:
         self._read_metrics()  # flush the device-side counters into the state we save
         model_state, optim_state = ckpt.gather_training_state(self.model, self.optimizer, self.args.fsdp)
+        if self.master is not None:
+            model_state = self.master.full_precision(model_state)  # checkpoints hold fp32 weights either way
         path = ckpt.checkpoint_path(self.args.output_dir, self.position.global_step)
         self.last_model_state = model_state  # full tensors, also under FSDP
         if self.world.is_main:
@@ -163,6 +171,8 @@ class Trainer:
         with ckpt.fitting(f"--resume {path}"):
             ckpt.restore_training_state(self.model, self.optimizer, state["model"], state["optimizer"],
                                         self.args.fsdp)
+            if self.master is not None:
+                self.master.load(state["model"])
             self.train_step.load_state_dict(state["train_step"])
         self.position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.epoch_losses = list(state["epoch_losses"])
@@ -179,6 +189,8 @@ class Trainer:
         model = unwrap(self.model)
         if load_official_checkpoint(model, ckpt.model_state(state)).encoder_only:
             raise ValueError(f"--resume {path}: encoder-only weights cannot be resumed; use --init_from")
+        if self.master is not None:
+            self.master.load(ckpt.model_state(state))
         self.optimizer.load_state_dict(official.convert_optimizer_state(state["optimizer"], model,
                                                                         self.optimizer.state_dict()))
         scaler = self.train_step.scaler
@@ -231,6 +243,8 @@ class Trainer:
                 self._run(stop)
         finally:
             self.reporter.close()
+        if self.master is not None:
+            self.master.release()  # the returned model holds the trained fp32 weights, as the checkpoint does
         return self.result
 
     def _save_config(self) -> Path | None:
@@ -239,7 +253,8 @@ class Trainer:
             return None
         settings = self.settings
         return save_config(self.args, {
-            "device": str(settings.device), "precision": settings.precision, "compile": settings.compile,
+            "device": str(settings.device), "precision": settings.precision, "weights": self.weights,
+            "compile": settings.compile,
             "loader": settings.loader, "world_size": settings.world_size, "effective_batch": settings.effective_batch,
             "lr": settings.lr, "input_size": self.input_size, "init": self.init_note,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "fastmae": __version__,
@@ -259,6 +274,8 @@ class Trainer:
             "attention": args.attn,
             "grad checkpointing": args.grad_checkpointing,
             "recompute": args.recompute,
+            # FSDP2's fp32 shards are a master copy too (gathered in the low-precision dtype)
+            "weights": self.weights + (", fp32 master in the optimizer" if self.weights != "fp32" else ""),
             "sharding": "FSDP2" if args.fsdp else ("DDP" if self.world.size > 1 else "none"),
             "init": self.init_note,
             "steps": f"{self.total_steps} optimizer steps, {self.steps_per_epoch} per epoch",

@@ -14,7 +14,9 @@ What happens per optimizer step (``accum_iter`` micro-steps):
 * a non-finite loss, or a non-finite gradient under a finite loss, skips the update on the device:
   the flag (from a foreach max-abs norm of the gradients) goes to fused AdamW as ``found_inf``
   (the GradScaler mechanism), so nothing is read back. Counters of skipped steps live on the device
-  and are read with the loss every ``--log_every`` steps (:meth:`TrainStep.read_metrics`).
+  and are read with the loss every ``--log_every`` steps (:meth:`TrainStep.read_metrics`);
+* with ``master`` (``--weights bf16``, :mod:`fastmae.train.master_weights`) the bf16 gradients move to the
+  fp32 masters before that check, AdamW updates the masters and they are rounded back into the model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastmae.train.precision import autocast_dtype
+from fastmae.train.master_weights import MasterWeights
+from fastmae.train.precision import autocast_dtype, resolve_weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,13 +56,14 @@ class TrainStep:
 
     model: the (possibly DDP/FSDP-wrapped) MAE, whose forward is (imgs, mask_ratio, noise) -> (loss, ...).
     num_patches: L of the model. rank/world_size: this process's slice of the global noise.
+    master: the fp32 master weights the optimizer updates when the model holds bf16 ones (else None).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, num_patches: int, mask_ratio: float,
                  accum_iter: int, device: torch.device, autocast_dtype: torch.dtype | None, compile: bool,
                  compile_backend: str = "inductor", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 log_every: int = 20) -> None:
-        self.model, self.optimizer = model, optimizer
+                 log_every: int = 20, master: MasterWeights | None = None) -> None:
+        self.model, self.optimizer, self.master = model, optimizer, master
         self.num_patches, self.mask_ratio, self.accum_iter = num_patches, mask_ratio, accum_iter
         self.device, self.autocast_dtype = device, autocast_dtype
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -130,6 +134,8 @@ class TrainStep:
         return ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True))
 
     def _apply_update(self, loss_sum: torch.Tensor) -> None:
+        if self.master is not None:
+            self.master.take_gradients()  # the optimizer, and the check below, see the fp32 masters
         nonfinite = ~torch.isfinite(loss_sum)
         if self.scaler is None:  # the GradScaler checks the gradients itself
             nonfinite |= self._nonfinite_gradients()
@@ -147,6 +153,8 @@ class TrainStep:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
+        if self.master is not None:
+            self.master.publish()
         self.optimizer.zero_grad(set_to_none=True)
         skipped = nonfinite.long()
         self._skipped_total += skipped
@@ -178,11 +186,11 @@ def build_train_step(model_name: str, *, device: torch.device | str, precision: 
                      compile_model: bool = True, norm_pix_loss: bool = True, mask_ratio: float = 0.75,
                      lr: float = 1e-4, weight_decay: float = 0.05, attn_backend: str = "auto",
                      compile_backend: str = "inductor", seed: int = 0,
-                     recompute: str | None = None) -> Callable[[torch.Tensor], None]:
+                     recompute: str | None = None, weights: str | None = None) -> Callable[[torch.Tensor], None]:
     """A fresh model + fused AdamW behind ``step(imgs (N, C, H, W))``, one optimizer step per call.
 
     The trainer's step outside the trainer, for benchmarks: same compile, autocast, noise and
-    sync-free update; the loss stays on the device. ``recompute`` None: the trainer's default.
+    sync-free update; the loss stays on the device. ``recompute`` / ``weights`` None: the trainer's defaults.
     """
     from fastmae.models.recompute import DEFAULT_RECOMPUTE
     from fastmae.train.modeling import build_model
@@ -192,10 +200,11 @@ def build_train_step(model_name: str, *, device: torch.device | str, precision: 
     device = torch.device(device)
     model = build_model(model_name, attn_backend=attn_backend, norm_pix_loss=norm_pix_loss).to(device)
     model.set_recompute(DEFAULT_RECOMPUTE if recompute is None else recompute)
-    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
+    master = MasterWeights(model) if resolve_weights(weights, precision) == "bf16" else None
+    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, master=master)
     train_step = TrainStep(model, optimizer, num_patches=model.num_patches, mask_ratio=mask_ratio, accum_iter=1,
                            device=device, autocast_dtype=dtype, compile=compile_model,
-                           compile_backend=compile_backend, seed=seed)
+                           compile_backend=compile_backend, seed=seed, master=master)
     steps_done = 0
 
     def step(imgs: torch.Tensor) -> None:
