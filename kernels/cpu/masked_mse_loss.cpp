@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../geometry.h"
+#include "fresh_pages.h"
 #include "lanes.h"
 
 namespace fastmae_native {
@@ -332,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor> masked_mse_loss_backward_cpu(
   const LossLayout lay = make_layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must be a scalar, got ", grad_loss.sizes());
   const double coef = 2.0 * grad_loss.to(at::kDouble).item<double>() / (static_cast<double>(lay.dim) * lay.denominator);
-  at::Tensor grad_pred = new_output(pred.sizes(), pred.options());
+  at::Tensor grad_pred = new_cpu_output(pred.sizes(), pred.options());
   at::Tensor grad_source = loss_source_grad(lay, lay.source, source_grad);
   dispatch_loss(lay, [&]<typename PT, typename ST, int kChans>() {
     loss_backward<PT, ST, kChans>(lay, norm_pix, eps, coef, grad_pred, source_grad ? &grad_source : nullptr);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../geometry.h"
+#include "fresh_pages.h"
 
 namespace fastmae_native {
 namespace {
@@ -96,7 +97,7 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
   const at::Tensor token = mask_token.to(x_vis.scalar_type()).contiguous();
   std::optional<at::Tensor> pos;
   if (pos_embed.has_value()) pos = pos_embed->to(out_dtype).contiguous();  // exact: out_dtype >= pos dtype
-  at::Tensor out = new_output({x.size(0), 1 + ids.size(1), x.size(2)}, x.options().dtype(out_dtype));
+  at::Tensor out = new_cpu_output({x.size(0), 1 + ids.size(1), x.size(2)}, x.options().dtype(out_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "unshuffle_out", [&] {
     using OT = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unshuffle_x", [&] {
@@ -160,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
   const at::Tensor grad = grad_out.contiguous();  // the gradient of a .sum() arrives with stride 0
   const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2);
   const at::Tensor empty = at::empty({0}, grad.options());
-  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
+  at::Tensor grad_x = need_x ? new_cpu_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
                              : at::empty({0}, grad.options());  // fresh: op outputs must not alias
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   const auto f32 = grad.options().dtype(at::kFloat);
