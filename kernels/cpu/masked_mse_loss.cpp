@@ -84,7 +84,7 @@ struct RowIO {
     return lay.pixels ? b * lay.geo.sample_stride() + lay.geo.patch_origin(patch) : (b * lay.length + patch) * lay.dim;
   }
 
-  void read(const ST* src, A* row) const {
+  [[gnu::always_inline]] void read(const ST* src, A* row) const {
     if (!lay.pixels) {
       for (int64_t d = 0; d < lay.dim; ++d) row[d] = load_as<A>(src[d]);
       return;
@@ -129,7 +129,7 @@ struct RowIO {
   }
 
   // the inverse of read: row (channel-last) -> source layout
-  void write(const A* row, ST* dst) const {
+  [[gnu::always_inline]] void write(const A* row, ST* dst) const {
     if (!lay.pixels) {
       for (int64_t d = 0; d < lay.dim; ++d) dst[d] = store_as<ST>(row[d]);
       return;
@@ -158,7 +158,7 @@ struct RowIO {
   }
 
   // zeros over the row's place in the source layout
-  void zero(ST* dst) const {
+  [[gnu::always_inline]] void zero(ST* dst) const {
     if (!lay.pixels) {
       std::memset(dst, 0, lay.dim * sizeof(ST));
       return;
@@ -172,7 +172,7 @@ struct RowIO {
 };
 
 // The first row at or after n that is read (weight != 0), or total.
-inline int64_t next_active(const LossLayout& lay, int64_t n, int64_t total) {
+[[gnu::always_inline]] inline int64_t next_active(const LossLayout& lay, int64_t n, int64_t total) {
   while (n < total && lay.row_weight[n] == 0.0) ++n;
   return n;
 }
@@ -205,7 +205,7 @@ struct Lookahead {
 template <typename A>
 struct RowStats {
   A mean = 0, rstd = 1;
-  RowStats(const A* row, int64_t dim, bool norm_pix, double eps) {
+  [[gnu::always_inline]] RowStats(const A* row, int64_t dim, bool norm_pix, double eps) {
     if (!norm_pix) return;
     mean = lane_sum<A>(dim, [&](int64_t d) { return row[d]; }) / static_cast<A>(dim);
     const A sq = lane_sum<A>(dim, [&](int64_t d) {
@@ -216,28 +216,40 @@ struct RowStats {
   }
 };
 
+// The accumulation type: float32 unless an input is float64.
+template <typename PT, typename ST>
+using loss_acc_t = std::conditional_t<std::is_same_v<PT, double> || std::is_same_v<ST, double>, double, float>;
+
+// Loss of rows [begin, end) into row_loss (one parallel task).
 template <typename PT, typename ST, int kChans>
-double loss_sum(const LossLayout& lay, bool norm_pix, double eps) {
-  using A = std::conditional_t<std::is_same_v<PT, double> || std::is_same_v<ST, double>, double, float>;
+FASTMAE_ISA_CLONES void loss_rows(const LossLayout& lay, bool norm_pix, double eps, int64_t begin, int64_t end,
+                                  double* row_loss) {
+  using A = loss_acc_t<PT, ST>;
   const RowIO<ST, A, kChans> io{lay};
   const PT* pred = lay.pred.const_data_ptr<PT>();
   const ST* source = lay.source.const_data_ptr<ST>();
-  const int64_t total = lay.batch * lay.rows, dim = lay.dim;
+  const int64_t dim = lay.dim;
+  std::vector<A> row(dim);
+  Lookahead<decltype(io), ST> ahead{lay, io, source, end, begin};
+  for (int64_t n = next_active(lay, begin, end); n < end; n = next_active(lay, n + 1, end)) {
+    ahead.at(n);  // rows of weight 0 (kept patches) are not read at all
+    io.read(source + io.base(n / lay.rows, lay.patch_of_row[n]), row.data());
+    const RowStats<A> st(row.data(), dim, norm_pix, eps);
+    const PT* p = pred + n * dim;
+    const A sq = lane_sum<A>(dim, [&](int64_t d) {
+      const A diff = load_as<A>(p[d]) - (row[d] - st.mean) * st.rstd;
+      return diff * diff;
+    });
+    row_loss[n] = static_cast<double>(sq) / static_cast<double>(dim) * lay.row_weight[n];
+  }
+}
+
+template <typename PT, typename ST, int kChans>
+double loss_sum(const LossLayout& lay, bool norm_pix, double eps) {
+  const int64_t total = lay.batch * lay.rows;
   std::vector<double> row_loss(total, 0.0);
-  at::parallel_for(0, total, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
-    std::vector<A> row(dim);
-    Lookahead<decltype(io), ST> ahead{lay, io, source, end, begin};
-    for (int64_t n = next_active(lay, begin, end); n < end; n = next_active(lay, n + 1, end)) {
-      ahead.at(n);  // rows of weight 0 (kept patches) are not read at all
-      io.read(source + io.base(n / lay.rows, lay.patch_of_row[n]), row.data());
-      const RowStats<A> st(row.data(), dim, norm_pix, eps);
-      const PT* p = pred + n * dim;
-      const A sq = lane_sum<A>(dim, [&](int64_t d) {
-        const A diff = load_as<A>(p[d]) - (row[d] - st.mean) * st.rstd;
-        return diff * diff;
-      });
-      row_loss[n] = static_cast<double>(sq) / static_cast<double>(dim) * lay.row_weight[n];
-    }
+  at::parallel_for(0, total, std::max<int64_t>(1, kGrainElements / lay.dim), [&](int64_t begin, int64_t end) {
+    loss_rows<PT, ST, kChans>(lay, norm_pix, eps, begin, end, row_loss.data());
   });
   double sum = 0.0;
   for (double v : row_loss) sum += v;
@@ -276,52 +288,60 @@ at::Tensor masked_mse_loss_cpu(const at::Tensor& pred, const std::optional<at::T
   return out;
 }
 
+// Gradients of rows [begin, end) (one parallel task); gs is null without a source gradient.
 template <typename PT, typename ST, int kChans>
-void loss_backward(const LossLayout& lay, bool norm_pix, double eps, double coef, at::Tensor& grad_pred,
-                   at::Tensor* grad_source) {
-  using A = std::conditional_t<std::is_same_v<PT, double> || std::is_same_v<ST, double>, double, float>;
+FASTMAE_ISA_CLONES void backward_rows(const LossLayout& lay, bool norm_pix, double eps, double coef, PT* gp, ST* gs,
+                                      int64_t begin, int64_t end) {
+  using A = loss_acc_t<PT, ST>;
   const RowIO<ST, A, kChans> io{lay};
   const PT* pred = lay.pred.const_data_ptr<PT>();
   const ST* source = lay.source.const_data_ptr<ST>();
+  const int64_t dim = lay.dim;
+  const A inv_dim = A(1) / static_cast<A>(dim), inv_dof = A(1) / static_cast<A>(dim - 1);
+  std::vector<A> row(dim), grad_row(dim);
+  Lookahead<decltype(io), ST> ahead{lay, io, source, end, begin};
+  for (int64_t n = begin; n < end; ++n) {
+    const int64_t b = n / lay.rows, base = io.base(b, lay.patch_of_row[n]);
+    PT* gp_row = gp + n * dim;
+    if (lay.row_weight[n] == 0.0) {  // a kept patch: zero gradients, its inputs never read
+      std::memset(static_cast<void*>(gp_row), 0, dim * sizeof(PT));
+      if (gs != nullptr && !lay.removed_only) io.zero(gs + base);
+      continue;
+    }
+    ahead.at(n);
+    io.read(source + base, row.data());
+    const RowStats<A> st(row.data(), dim, norm_pix, eps);
+    const A scale = static_cast<A>(coef * lay.row_weight[n]);
+    const PT* p = pred + n * dim;
+    if (norm_pix) {
+      for (int64_t d = 0; d < dim; ++d) row[d] = (row[d] - st.mean) * st.rstd;
+    }
+    for (int64_t d = 0; d < dim; ++d) {
+      const A g = (load_as<A>(p[d]) - row[d]) * scale;
+      grad_row[d] = g;
+      gp_row[d] = store_as<PT>(g);
+    }
+    if (gs == nullptr) continue;
+    // d loss / d target = -g; through norm_pix: rstd * (-g + sum(g)/D + t_norm * <g, t_norm> / (D-1))
+    if (norm_pix) {
+      const A grad_sum = lane_sum<A>(dim, [&](int64_t d) { return grad_row[d]; }) * inv_dim;
+      const A grad_dot = lane_sum<A>(dim, [&](int64_t d) { return grad_row[d] * row[d]; }) * inv_dof;
+      for (int64_t d = 0; d < dim; ++d) grad_row[d] = (grad_sum + row[d] * grad_dot - grad_row[d]) * st.rstd;
+    } else {
+      for (int64_t d = 0; d < dim; ++d) grad_row[d] = -grad_row[d];
+    }
+    io.write(grad_row.data(), gs + base);
+  }
+}
+
+template <typename PT, typename ST, int kChans>
+void loss_backward(const LossLayout& lay, bool norm_pix, double eps, double coef, at::Tensor& grad_pred,
+                   at::Tensor* grad_source) {
   PT* gp = grad_pred.mutable_data_ptr<PT>();
   ST* gs = grad_source != nullptr ? grad_source->mutable_data_ptr<ST>() : nullptr;
-  const int64_t total = lay.batch * lay.rows, dim = lay.dim;
-  const A inv_dim = A(1) / static_cast<A>(dim), inv_dof = A(1) / static_cast<A>(dim - 1);
-  at::parallel_for(0, total, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
-    std::vector<A> row(dim), grad_row(dim);
-    Lookahead<decltype(io), ST> ahead{lay, io, source, end, begin};
-    for (int64_t n = begin; n < end; ++n) {
-      const int64_t b = n / lay.rows, base = io.base(b, lay.patch_of_row[n]);
-      PT* gp_row = gp + n * dim;
-      if (lay.row_weight[n] == 0.0) {  // a kept patch: zero gradients, its inputs never read
-        std::memset(static_cast<void*>(gp_row), 0, dim * sizeof(PT));
-        if (gs != nullptr && !lay.removed_only) io.zero(gs + base);
-        continue;
-      }
-      ahead.at(n);
-      io.read(source + base, row.data());
-      const RowStats<A> st(row.data(), dim, norm_pix, eps);
-      const A scale = static_cast<A>(coef * lay.row_weight[n]);
-      const PT* p = pred + n * dim;
-      if (norm_pix) {
-        for (int64_t d = 0; d < dim; ++d) row[d] = (row[d] - st.mean) * st.rstd;
-      }
-      for (int64_t d = 0; d < dim; ++d) {
-        const A g = (load_as<A>(p[d]) - row[d]) * scale;
-        grad_row[d] = g;
-        gp_row[d] = store_as<PT>(g);
-      }
-      if (gs == nullptr) continue;
-      // d loss / d target = -g; through norm_pix: rstd * (-g + sum(g)/D + t_norm * <g, t_norm> / (D-1))
-      if (norm_pix) {
-        const A grad_sum = lane_sum<A>(dim, [&](int64_t d) { return grad_row[d]; }) * inv_dim;
-        const A grad_dot = lane_sum<A>(dim, [&](int64_t d) { return grad_row[d] * row[d]; }) * inv_dof;
-        for (int64_t d = 0; d < dim; ++d) grad_row[d] = (grad_sum + row[d] * grad_dot - grad_row[d]) * st.rstd;
-      } else {
-        for (int64_t d = 0; d < dim; ++d) grad_row[d] = -grad_row[d];
-      }
-      io.write(grad_row.data(), gs + base);
-    }
+  at::parallel_for(0, lay.batch * lay.rows, std::max<int64_t>(1, kGrainElements / lay.dim),
+                   [&](int64_t begin, int64_t end) {
+    backward_rows<PT, ST, kChans>(lay, norm_pix, eps, coef, gp, gs, begin, end);
   });
 }
 

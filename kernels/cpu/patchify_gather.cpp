@@ -17,6 +17,7 @@
 
 #include "../geometry.h"
 #include "fresh_pages.h"
+#include "lanes.h"
 
 namespace fastmae_native {
 namespace {
@@ -32,7 +33,7 @@ inline Bits positive_zero(Bits v) {
 // Copies one patch from the image (channel planes) into its channel-last row. kChans > 0 fixes C at compile
 // time (1 and 3 are the common cases); 0 reads it from g.
 template <typename Bits, int kChans>
-void gather_patch(const PatchGeometry& g, const Bits* image, Bits* patch) {
+[[gnu::always_inline]] inline void gather_patch(const PatchGeometry& g, const Bits* image, Bits* patch) {
   const int64_t chans = kChans > 0 ? kChans : g.chans;
   const int64_t cstride = g.channel_stride();
   for (int64_t t = 0; t < g.pt; ++t) {
@@ -72,7 +73,7 @@ template <typename Bits>
 }
 
 template <typename Bits, int kChans>
-void gather_rows(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep, Bits* dst, int64_t begin,
+FASTMAE_ISA_CLONES void gather_rows(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep, Bits* dst, int64_t begin,
                  int64_t end) {
   constexpr int64_t kAhead = 3;  // patches in flight ahead of the copy
   const int64_t patch_dim = g.patch_dim();
@@ -105,7 +106,7 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
 // the grid, all channels) is written left to right, a kept patch's run read from its gradient row (stride
 // C, the row stays in cache for the strip), zeros elsewhere. Sequential writes run at copy speed.
 template <typename Bits, int kChans>
-void scatter_strip(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch, int64_t keep, Bits* dst,
+FASTMAE_ISA_CLONES void scatter_strip(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch, int64_t keep, Bits* dst,
                    int64_t b, int64_t strip) {
   const int64_t chans = kChans > 0 ? kChans : g.chans, patch_dim = g.patch_dim();
   const int64_t lt = strip / g.gh, lh = strip % g.gh;
