@@ -3,6 +3,7 @@ the copy-style ops against a plain ``Tensor.copy_`` of the same bytes.
 
     python benchmarks/bench_native_cpu.py [--batch 64] [--rounds 15] [--dtypes float32 bfloat16]
                                           [--label portable] [--out benchmarks/results/native_cpu.jsonl]
+                                          [--library path/to/_fastmae_native.so]
 
 Timing: ``torch.set_num_threads(1)`` and process CPU time (``time.process_time``, user + system: the page
 faults of fresh outputs count), so other jobs on a shared machine disturb it little. Every variant of one
@@ -218,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="+", default=["loss", "copy"], choices=["loss", "copy"])
     parser.add_argument("--label", default="", help="recorded with the results, e.g. the build's ISA option")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument("--library", type=Path, default=None,
+                        help="time this build of the native library instead of fastmae/'s (to compare builds)")
     args = parser.parse_args(argv)
+    if args.library is not None:
+        library = args.library.resolve()
+        _native.library_path = lambda: library  # read by the lazy loader on first use
     torch.set_num_threads(1)
     torch.manual_seed(0)
     os.environ["FASTMAE_BACKEND"] = "native"
