@@ -6,7 +6,8 @@ build (kernels/ + CMakeLists.txt) runs through CMake from :class:`CMakeBuild` wh
 on PATH and ``FASTMAE_BUILD_NATIVE`` is not ``0``; it writes ``fastmae/_fastmae_native.so``,
 which ``fastmae/_native.py`` loads lazily. It needs the installed torch, so install with
 ``--no-build-isolation``. A failed native build is a warning and leaves a pure-Python install;
-``FASTMAE_BUILD_NATIVE=1`` makes it an error.
+``FASTMAE_BUILD_NATIVE=1`` makes it an error. ``FASTMAE_NATIVE_MARCH=native`` builds the CPU kernels for
+this machine's ISA (faster, not portable: never for wheels); unset, they target the compiler's baseline.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def read_version() -> str:
 
 
 NATIVE_ENV = "FASTMAE_BUILD_NATIVE"  # "0": skip the native build, "1": require it, unset: best effort
+MARCH_ENV = "FASTMAE_NATIVE_MARCH"  # the CPU kernels' -march ("native" for a source build); unset: portable
 NATIVE_LIBRARY = "_fastmae_native"
 
 
@@ -79,6 +81,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DFASTMAE_NATIVE_OUTPUT_DIR={package_dir}",
             "-DCMAKE_BUILD_TYPE=Release",
+            f"-DFASTMAE_NATIVE_MARCH={os.environ.get(MARCH_ENV, '').strip()}",
         ]  # fmt: skip
         if shutil.which("ninja"):
             configure += ["-G", "Ninja"]

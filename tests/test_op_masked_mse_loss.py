@@ -69,6 +69,10 @@ IMAGE_CASES = [
     (3, 3, (3, 3), 2, 3, "bool_mask", False, torch.bfloat16, 1.0),
     (2, 3, (1, 2), 16, 1, "mask", False, torch.float32, 1.0),
     (2, 3, (3, 3), 4, 2, "ids_removed", True, torch.bfloat16, 1.0),
+    # odd row lengths (D = 50, 27, 25: not a multiple of any SIMD width), C = 2 (no fixed-channel kernel)
+    (1, 2, (3, 5), 5, 4, "mask", True, torch.float16, 1.0),
+    (1, 3, (2, 3), 3, 2, "removed", True, torch.float32, 1.0),
+    (2, 1, (3, 2), 5, None, "bool_mask", True, torch.bfloat16, 1.0),
 ]
 
 
@@ -465,6 +469,49 @@ def check_last_sample_only(form: str, batch: int, chans: int, side: int, p: int,
 @pytest.mark.parametrize("form", ["removed", "mask"])
 def test_zero_weight_samples(backend: str, form: str, device: torch.device) -> None:
     check_last_sample_only(form, batch=3, chans=3, side=12, p=4, device=device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_zero_weight_rows_are_not_read(backend: str, dtype: torch.dtype, device: torch.device) -> None:
+    """A full pred with a mask: rows of weight 0 (kept patches) are skipped, as if absent. NaN in them (pred or
+    the kept patches' pixels) reaches neither the loss nor any gradient, and the result is the removed-only one."""
+    if backend == "torch":
+        pytest.skip("the PyTorch path multiplies every row by its weight, as the reference does (NaN * 0 = NaN)")
+    batch, chans, p, (gh, gw), keep = 2, 3, 4, (3, 4), 5
+    length, dim = gh * gw, p * p * chans
+    ids_shuffle, _, mask = _masking(batch, length, keep, device)
+    pred = torch.randn(batch, length, dim, device=device).to(dtype)
+    imgs = torch.randn(batch, chans, gh * p, gw * p, device=device).to(dtype)
+    removed = ids_shuffle[:, keep:]
+    expected = masked_mse_loss(_rows(pred, removed), imgs, None, p, norm_pix=True, ids_removed=removed)
+    kept = mask == 0
+    pred[kept] = float("nan")
+    grid = imgs.view(batch, chans, gh, p, gw, p)
+    for b, patch in kept.nonzero().tolist():  # poison the kept patches' pixels too
+        grid[b, :, patch // gw, :, patch % gw, :] = float("nan")
+    pred.requires_grad_()
+    imgs.requires_grad_()
+    loss = masked_mse_loss(pred, imgs, None, p, norm_pix=True, mask=mask)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    grad_pred, grad_imgs = torch.autograd.grad(loss, (pred, imgs))
+    assert torch.isfinite(grad_pred).all() and torch.isfinite(grad_imgs).all()
+    assert (grad_pred[kept] == 0).all(), "kept rows must get zero gradients"
+
+
+def test_nan_in_a_removed_row_propagates(backend: str, device: torch.device) -> None:
+    """A NaN in a counted row makes the loss NaN and its gradient NaN at that element only (imgs need no grad)."""
+    batch, p, (gh, gw), keep = 2, 4, (2, 3), 2
+    _, ids_restore, _ = _masking(batch, gh * gw, keep, device)
+    pred = torch.randn(batch, gh * gw - keep, p * p * 3, device=device)
+    pred[1, 2, 5] = float("nan")
+    pred.requires_grad_()
+    imgs = torch.randn(batch, 3, gh * p, gw * p, device=device)
+    loss = masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
+    assert torch.isnan(loss)
+    (grad,) = torch.autograd.grad(loss, pred)
+    expected = torch.zeros_like(grad, dtype=torch.bool)
+    expected[1, 2, 5] = True
+    assert torch.equal(torch.isnan(grad), expected)
 
 
 @pytest.mark.slow

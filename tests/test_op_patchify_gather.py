@@ -71,6 +71,7 @@ CASES = [
     (1, 3, 2, 3, 16, "1"),
     (2, 1, 7, 5, 14, "L-1"),
     (2, 3, 2, 2, 14, "L-1"),
+    (1, 2, 3, 5, 5, "1"),  # C = 2 (no fixed-channel kernel), odd patch width
 ]
 
 

@@ -48,6 +48,7 @@ from fastmae.ops._backend import check_ids_values, define_native_kernel, native_
 from fastmae.ops._layout import (
     INT32_MAX,
     as_video,
+    grid_index,
     max_patch_offset,
     patch_grid_view,
     patch_rows,
@@ -516,13 +517,17 @@ def _torch_target(
     lay: _Layout, imgs: torch.Tensor | None, target: torch.Tensor | None, ids: torch.Tensor | None,
     norm_pix: bool, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 (B, R, D) target rows of the pred rows (normalised when norm_pix), and rstd (B, R, 1) or None."""
-    if lay.pixels:
+    """float32 (B, R, D) target rows of the pred rows (normalised when norm_pix), and rstd (B, R, 1) or None.
+
+    With ids only those R rows are built, read straight from the image's patch-grid view (one copy)."""
+    if lay.pixels and ids is not None:
+        rows = patch_grid_view(imgs, lay.patch)[grid_index(imgs.shape, lay.patch, ids)].reshape(lay.batch, -1, lay.dim)
+    elif lay.pixels:
         rows = patch_rows(imgs, lay.patch)
+    elif ids is not None:
+        rows = target.gather(1, ids[:, :, None].expand(-1, -1, lay.dim))
     else:
         rows = target
-    if ids is not None:
-        rows = rows.gather(1, ids[:, :, None].expand(-1, -1, lay.dim))
     tgt = rows.to(torch.float32)
     if not norm_pix:
         return tgt, None
@@ -534,13 +539,17 @@ def _torch_target(
 def _torch_source_grad(
     lay: _Layout, grad_rows: torch.Tensor, ids: torch.Tensor | None, grad_source: torch.Tensor
 ) -> None:
-    """Write (B, R, D) target-row gradients into grad_source (imgs or target layout)."""
-    if ids is not None:
-        full = torch.zeros((lay.batch, lay.num_patches, lay.dim), dtype=grad_rows.dtype, device=grad_rows.device)
-        grad_rows = full.scatter(1, ids[:, :, None].expand(-1, -1, lay.dim), grad_rows)
+    """Write (B, R, D) target-row gradients into grad_source (imgs or target layout). With ids (a removed-only
+    pred) grad_source holds zeros and only the R rows are written, straight into their patches."""
     if lay.pixels:
         grid_view = patch_grid_view(grad_source, lay.patch)
-        grid_view.copy_(grad_rows.reshape(grid_view.shape))
+        if ids is not None:
+            patches = grad_rows.reshape(*grad_rows.shape[:2], *grid_view.shape[4:])  # (B, R, pt, ph, pw, C)
+            grid_view[grid_index(grad_source.shape, lay.patch, ids)] = patches
+        else:
+            grid_view.copy_(grad_rows.reshape(grid_view.shape))
+    elif ids is not None:
+        grad_source.scatter_(1, ids[:, :, None].expand(-1, -1, lay.dim), grad_rows)
     else:
         grad_source.copy_(grad_rows)
 

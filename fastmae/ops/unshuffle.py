@@ -238,11 +238,13 @@ def _unshuffle_backward_torch(
     width = grad_out.shape[2]
     grad_x, mask_sum, pos_sum = None, None, None
     if needs_grad[0]:
-        # scatter the patch rows back to shuffled order (kept tokens first); keep the first K
-        rows = grad_out[:, 1:].to(x_vis_dtype)
-        shuffled = torch.zeros(rows.shape, dtype=rows.dtype, device=grad_out.device)
-        shuffled.scatter_(1, ids_restore.unsqueeze(-1).expand(-1, -1, width), rows)
-        grad_x = torch.cat([grad_out[:, :1].to(x_vis_dtype), shuffled[:, :num_visible]], dim=1)
+        # gather only the K kept rows: kept token k sits at output row 1 + ids_shuffle[b, k], and ids_shuffle
+        # (the inverse permutation) costs one (B, L) index scatter, no D axis
+        batch, length = ids_restore.shape
+        positions = torch.arange(length, device=ids_restore.device).expand(batch, length)
+        ids_keep = torch.empty_like(ids_restore).scatter_(1, ids_restore, positions)[:, :num_visible]
+        rows = grad_out[:, 1:].gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, width))
+        grad_x = torch.cat([grad_out[:, :1], rows], dim=1).to(x_vis_dtype)
     if needs_grad[1]:
         masked = (ids_restore >= num_visible).unsqueeze(-1)
         mask_sum = torch.where(masked, grad_out[:, 1:].to(torch.float32), 0.0).sum(dim=(0, 1))

@@ -4,8 +4,9 @@
 // backward: grad (B,K,P*C), ids_keep, patch_size, imgs_shape -> grad_imgs (B,C,[T,]H,W): the kept patches' gradients, zeros elsewhere.
 //
 // Both are pure copies, so they move raw bits (templated on the element width, not the dtype) and are
-// bitwise equal to the reference. Work is split over (sample, patch) pairs; inside a patch each image
-// row is a contiguous run per channel, and the NCHW -> channel-last reorder is the innermost loop.
+// bitwise equal to the reference. The forward is split over (sample, kept patch) pairs: inside a patch each
+// image row is a contiguous run per channel, the runs of patches a few ahead are prefetched, and the
+// NCHW -> channel-last reorder is the innermost loop. The backward writes the image in its own order.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "../geometry.h"
+#include "fresh_pages.h"
+#include "lanes.h"
 
 namespace fastmae_native {
 namespace {
@@ -27,43 +30,58 @@ inline Bits positive_zero(Bits v) {
   return v == kNegativeZero ? Bits(0) : v;
 }
 
-// Copies one patch between the image (channel planes) and its channel-last row.
-// kChans > 0 fixes C at compile time (1 and 3 are the common cases); 0 reads it from g.
-template <typename Bits, int kChans, bool kToPatch>
-void copy_patch(const PatchGeometry& g, Bits* image, Bits* patch) {
+// Copies one patch from the image (channel planes) into its channel-last row. kChans > 0 fixes C at compile
+// time (1 and 3 are the common cases); 0 reads it from g.
+template <typename Bits, int kChans>
+[[gnu::always_inline]] inline void gather_patch(const PatchGeometry& g, const Bits* image, Bits* patch) {
   const int64_t chans = kChans > 0 ? kChans : g.chans;
   const int64_t cstride = g.channel_stride();
   for (int64_t t = 0; t < g.pt; ++t) {
     for (int64_t i = 0; i < g.ph; ++i) {
-      Bits* img_row = image + (t * g.height + i) * g.width;
+      const Bits* img_row = image + (t * g.height + i) * g.width;
       Bits* patch_row = patch + (t * g.ph + i) * g.pw * chans;
-      if (chans == 1) {
-        if constexpr (kToPatch) {
-          std::memcpy(patch_row, img_row, g.pw * sizeof(Bits));
-        } else {
-          for (int64_t j = 0; j < g.pw; ++j) img_row[j] = positive_zero(patch_row[j]);
+      if constexpr (kChans == 1) {
+        std::memcpy(patch_row, img_row, g.pw * sizeof(Bits));
+      } else if constexpr (kChans == 3) {  // one pass over the three runs: a 3-way interleave
+        const Bits *r0 = img_row, *r1 = img_row + cstride, *r2 = img_row + 2 * cstride;
+        for (int64_t j = 0; j < g.pw; ++j) {
+          patch_row[3 * j] = r0[j];
+          patch_row[3 * j + 1] = r1[j];
+          patch_row[3 * j + 2] = r2[j];
         }
-        continue;
-      }
-      for (int64_t j = 0; j < g.pw; ++j) {
-        for (int64_t c = 0; c < chans; ++c) {
-          if constexpr (kToPatch) {
-            patch_row[j * chans + c] = img_row[c * cstride + j];
-          } else {
-            img_row[c * cstride + j] = positive_zero(patch_row[j * chans + c]);
-          }
-        }
+      } else {
+        for (int64_t j = 0; j < g.pw; ++j)
+          for (int64_t c = 0; c < chans; ++c) patch_row[j * chans + c] = img_row[c * cstride + j];
       }
     }
   }
 }
 
-template <typename Bits, bool kToPatch>
-void copy_patch_any(const PatchGeometry& g, Bits* image, Bits* patch) {
-  switch (g.chans) {
-    case 1: return copy_patch<Bits, 1, kToPatch>(g, image, patch);
-    case 3: return copy_patch<Bits, 3, kToPatch>(g, image, patch);
-    default: return copy_patch<Bits, 0, kToPatch>(g, image, patch);
+// Asks for the cache lines of a patch about to be gathered: its pt*ph*C short runs lie far apart, which the
+// hardware prefetchers do not follow. Always inlined: GCC deems a function of prefetches alone pure and
+// drops its calls.
+template <typename Bits>
+[[gnu::always_inline]] inline void prefetch_patch(const PatchGeometry& g, const Bits* image) {
+  constexpr int64_t kLine = 64 / sizeof(Bits);
+  for (int64_t c = 0; c < g.chans; ++c)
+    for (int64_t t = 0; t < g.pt; ++t)
+      for (int64_t i = 0; i < g.ph; ++i) {
+        const Bits* run = image + c * g.channel_stride() + (t * g.height + i) * g.width;
+        for (int64_t j = 0; j < g.pw; j += kLine) __builtin_prefetch(run + j);
+        __builtin_prefetch(run + g.pw - 1);  // a run that straddles a line boundary
+      }
+}
+
+template <typename Bits, int kChans>
+FASTMAE_ISA_CLONES void gather_rows(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep, Bits* dst, int64_t begin,
+                 int64_t end) {
+  constexpr int64_t kAhead = 3;  // patches in flight ahead of the copy
+  const int64_t patch_dim = g.patch_dim();
+  auto origin = [&](int64_t n) { return src + (n / keep) * g.sample_stride() + g.patch_origin(id[n]); };
+  for (int64_t n = begin; n < std::min(end, begin + kAhead); ++n) prefetch_patch(g, origin(n));
+  for (int64_t n = begin; n < end; ++n) {
+    if (n + kAhead < end) prefetch_patch(g, origin(n + kAhead));
+    gather_patch<Bits, kChans>(g, origin(n), dst + n * patch_dim);
   }
 }
 
@@ -71,35 +89,63 @@ template <typename Bits>
 void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Tensor& ids, at::Tensor& out) {
   const int64_t keep = ids.size(1);
   const int64_t patch_dim = g.patch_dim();
-  auto* src = const_cast<Bits*>(static_cast<const Bits*>(imgs.const_data_ptr()));
+  const auto* src = static_cast<const Bits*>(imgs.const_data_ptr());
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const int64_t b = n / keep;
-      copy_patch_any<Bits, true>(g, src + b * g.sample_stride() + g.patch_origin(id[n]), dst + n * patch_dim);
+    switch (g.chans) {
+      case 1: return gather_rows<Bits, 1>(g, src, id, keep, dst, begin, end);
+      case 3: return gather_rows<Bits, 3>(g, src, id, keep, dst, begin, end);
+      default: return gather_rows<Bits, 0>(g, src, id, keep, dst, begin, end);
     }
   });
 }
 
-// Every image element is written once: kept patches take their gradient row, others zeros.
+// Every image element is written once, in image order: each line of a strip of patches (one patch row of
+// the grid, all channels) is written left to right, a kept patch's run read from its gradient row (stride
+// C, the row stays in cache for the strip), zeros elsewhere. Sequential writes run at copy speed.
+template <typename Bits, int kChans>
+FASTMAE_ISA_CLONES void scatter_strip(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch, int64_t keep, Bits* dst,
+                   int64_t b, int64_t strip) {
+  const int64_t chans = kChans > 0 ? kChans : g.chans, patch_dim = g.patch_dim();
+  const int64_t lt = strip / g.gh, lh = strip % g.gh;
+  const int64_t* slots = slot_of_patch + b * g.num_patches() + strip * g.gw;
+  for (int64_t c = 0; c < chans; ++c) {
+    for (int64_t t = 0; t < g.pt; ++t) {
+      for (int64_t i = 0; i < g.ph; ++i) {
+        Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() +
+                     ((lt * g.pt + t) * g.height + lh * g.ph + i) * g.width;
+        const int64_t offset = (t * g.ph + i) * g.pw * chans + c;  // of this run's first element in a patch row
+        for (int64_t lw = 0; lw < g.gw; ++lw) {
+          Bits* run = line + lw * g.pw;
+          if (slots[lw] < 0) {
+            std::memset(run, 0, g.pw * sizeof(Bits));
+            continue;
+          }
+          const Bits* patch = src + (b * keep + slots[lw]) * patch_dim + offset;
+          for (int64_t j = 0; j < g.pw; ++j) run[j] = positive_zero(patch[j * chans]);
+        }
+      }
+    }
+  }
+}
+
 template <typename Bits>
 void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::vector<int64_t>& slot_of_patch,
                      at::Tensor& out) {
-  const int64_t length = g.num_patches();
   const int64_t keep = grad.size(1);
-  const int64_t patch_dim = g.patch_dim();
-  auto* src = const_cast<Bits*>(static_cast<const Bits*>(grad.const_data_ptr()));
+  const int64_t strips = g.gt * g.gh;
+  const auto* src = static_cast<const Bits*>(grad.const_data_ptr());
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
-  at::parallel_for(0, g.batch * length, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Bits> zeros(patch_dim, Bits(0));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(g.gw * g.patch_dim(), 1));
+  at::parallel_for(0, g.batch * strips, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const int64_t b = n / length;
-      const int64_t slot = slot_of_patch[n];
-      Bits* patch = slot >= 0 ? src + (b * keep + slot) * patch_dim : zeros.data();
-      copy_patch_any<Bits, false>(g, dst + b * g.sample_stride() + g.patch_origin(n % length), patch);
+      switch (g.chans) {
+        case 1: scatter_strip<Bits, 1>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips); break;
+        case 3: scatter_strip<Bits, 3>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips); break;
+        default: scatter_strip<Bits, 0>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
+      }
     }
   });
 }
@@ -133,7 +179,7 @@ at::Tensor patchify_gather_cpu(const at::Tensor& imgs, const at::Tensor& ids_kee
   const at::Tensor ids = ids_keep.contiguous();
   check_ids_in_range_cpu(ids, g.num_patches(), "ids_keep");
   const at::Tensor src = imgs.contiguous();
-  at::Tensor out = new_output({g.batch, ids.size(1), g.patch_dim()}, imgs.options());
+  at::Tensor out = new_cpu_output({g.batch, ids.size(1), g.patch_dim()}, imgs.options());
   dispatch_bits<Gather>(imgs.element_size(), g, src, ids, out);
   return out;
 }
@@ -162,7 +208,7 @@ at::Tensor patchify_gather_backward_cpu(const at::Tensor& grad, const at::Tensor
     }
   }
   const at::Tensor src = grad.contiguous();  // the gradient of a .sum() arrives with stride 0
-  at::Tensor out = new_output(imgs_shape, grad.options());
+  at::Tensor out = new_cpu_output(imgs_shape, grad.options());
   dispatch_bits<Scatter>(grad.element_size(), g, src, slot_of_patch, out);
   return out;
 }

@@ -17,48 +17,63 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../geometry.h"
+#include "fresh_pages.h"
+#include "lanes.h"
 
 namespace fastmae_native {
 namespace {
 
 constexpr int64_t kRowsPerTask = 8;  // backward: rows per task; fixes the float32 summation order
 
+// Output rows [begin, end) of (B, 1+L) (one parallel task).
+template <typename XT, typename OT>
+FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_data, const int64_t* id,
+                                            const OT* pos_data, OT* out_data, int64_t length, int64_t visible,
+                                            int64_t width, int64_t begin, int64_t end) {
+  using Op = at::opmath_type<OT>;
+  const int64_t rows = 1 + length;
+  for (int64_t n = begin; n < end; ++n) {
+    const int64_t b = n / rows, r = n % rows;
+    const XT* src = token_data;
+    if (r == 0) {
+      src = x_data + b * (visible + 1) * width;
+    } else if (const int64_t slot = id[b * length + r - 1]; slot < visible) {
+      src = x_data + (b * (visible + 1) + 1 + slot) * width;
+    }
+    OT* dst = out_data + n * width;
+    if (pos_data == nullptr) {
+      if constexpr (std::is_same_v<XT, OT>) {
+        std::memcpy(dst, src, width * sizeof(OT));
+      } else {
+        for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<OT>(src[j]);
+      }
+    } else {
+      const OT* pos_row = pos_data + r * width;
+      for (int64_t j = 0; j < width; ++j) {
+        dst[j] = store_as<OT>(load_as<Op>(src[j]) + load_as<Op>(pos_row[j]));
+      }
+    }
+  }
+}
+
 template <typename XT, typename OT>
 void unshuffle_rows(const at::Tensor& x, const at::Tensor& token, const at::Tensor& ids, const at::Tensor* pos,
                     at::Tensor& out) {
-  using Op = at::opmath_type<OT>;
   const int64_t batch = ids.size(0), length = ids.size(1), width = x.size(2);
-  const int64_t visible = x.size(1) - 1;
   const XT* x_data = x.const_data_ptr<XT>();
   const XT* token_data = token.const_data_ptr<XT>();
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const OT* pos_data = pos != nullptr ? pos->const_data_ptr<OT>() : nullptr;
   OT* out_data = out.mutable_data_ptr<OT>();
-  const int64_t rows = 1 + length;
-  at::parallel_for(0, batch * rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)),
+  at::parallel_for(0, batch * (1 + length), std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)),
                    [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const int64_t b = n / rows, r = n % rows;
-      const XT* src = token_data;
-      if (r == 0) {
-        src = x_data + b * (visible + 1) * width;
-      } else if (const int64_t slot = id[b * length + r - 1]; slot < visible) {
-        src = x_data + (b * (visible + 1) + 1 + slot) * width;
-      }
-      OT* dst = out_data + n * width;
-      if (pos_data == nullptr) {
-        for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<OT>(src[j]);
-      } else {
-        const OT* pos_row = pos_data + r * width;
-        for (int64_t j = 0; j < width; ++j) {
-          dst[j] = static_cast<OT>(static_cast<Op>(src[j]) + static_cast<Op>(pos_row[j]));
-        }
-      }
-    }
+    unshuffle_row_range<XT, OT>(x_data, token_data, id, pos_data, out_data, length, x.size(1) - 1, width, begin, end);
   });
 }
 
@@ -96,7 +111,7 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
   const at::Tensor token = mask_token.to(x_vis.scalar_type()).contiguous();
   std::optional<at::Tensor> pos;
   if (pos_embed.has_value()) pos = pos_embed->to(out_dtype).contiguous();  // exact: out_dtype >= pos dtype
-  at::Tensor out = new_output({x.size(0), 1 + ids.size(1), x.size(2)}, x.options().dtype(out_dtype));
+  at::Tensor out = new_cpu_output({x.size(0), 1 + ids.size(1), x.size(2)}, x.options().dtype(out_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "unshuffle_out", [&] {
     using OT = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unshuffle_x", [&] {
@@ -106,10 +121,44 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
   return out;
 }
 
+// Backward row tasks [begin, end) of kRowsPerTask rows each, over every sample (one parallel task).
+template <typename GT, typename XT>
+FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id, XT* gx, float* mask_partials,
+                                                 float* pos_sum, int64_t batch, int64_t rows, int64_t width,
+                                                 int64_t visible, int64_t begin, int64_t end) {
+  const int64_t length = rows - 1;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+    float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const GT* g_row = g + (b * rows + r) * width;
+        const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
+        const bool masked = r > 0 && slot >= visible;
+        if (gx != nullptr && !masked) {
+          XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
+          if constexpr (std::is_same_v<GT, XT>) {
+            std::memcpy(dst, g_row, width * sizeof(XT));
+          } else {
+            for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
+          }
+        }
+        if (mask_acc != nullptr && masked) {
+          for (int64_t j = 0; j < width; ++j) mask_acc[j] += load_as<float>(g_row[j]);
+        }
+        if (pos_sum != nullptr) {
+          float* acc = pos_sum + r * width;
+          for (int64_t j = 0; j < width; ++j) acc[j] += load_as<float>(g_row[j]);
+        }
+      }
+    }
+  }
+}
+
 template <typename GT, typename XT>
 void unshuffle_backward_rows(const at::Tensor& grad, const at::Tensor& ids, int64_t visible, at::Tensor* grad_x,
                              float* mask_partials, float* pos_sum) {
-  const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2), length = rows - 1;
+  const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2);
   const GT* g = grad.const_data_ptr<GT>();
   const int64_t* id = ids.const_data_ptr<int64_t>();
   XT* gx = grad_x != nullptr ? grad_x->mutable_data_ptr<XT>() : nullptr;
@@ -117,28 +166,7 @@ void unshuffle_backward_rows(const at::Tensor& grad, const at::Tensor& ids, int6
   // small problems stay on one thread: waking the pool costs more than they take
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, batch * kRowsPerTask * width));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
-      float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const GT* g_row = g + (b * rows + r) * width;
-          const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
-          const bool masked = r > 0 && slot >= visible;
-          if (gx != nullptr && !masked) {
-            XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
-            for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
-          }
-          if (mask_acc != nullptr && masked) {
-            for (int64_t j = 0; j < width; ++j) mask_acc[j] += static_cast<float>(g_row[j]);
-          }
-          if (pos_sum != nullptr) {
-            float* acc = pos_sum + r * width;
-            for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<float>(g_row[j]);
-          }
-        }
-      }
-    }
+    unshuffle_backward_tasks<GT, XT>(g, id, gx, mask_partials, pos_sum, batch, rows, width, visible, begin, end);
   });
 }
 
@@ -160,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unshuffle_with_mask_token_backwar
   const at::Tensor grad = grad_out.contiguous();  // the gradient of a .sum() arrives with stride 0
   const int64_t batch = grad.size(0), rows = grad.size(1), width = grad.size(2);
   const at::Tensor empty = at::empty({0}, grad.options());
-  at::Tensor grad_x = need_x ? new_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
+  at::Tensor grad_x = need_x ? new_cpu_output({batch, 1 + num_visible, width}, grad.options().dtype(x_vis_dtype))
                              : at::empty({0}, grad.options());  // fresh: op outputs must not alias
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   const auto f32 = grad.options().dtype(at::kFloat);
