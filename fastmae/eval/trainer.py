@@ -75,9 +75,12 @@ class ClassifierStep(TrainStep):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype | None,
-             world: World) -> dict[str, float]:
-    """{"loss", "acc1", "acc5"} (accuracies in %) over every image of ``loader``, summed over all processes."""
+def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype | None) -> dict[str, float]:
+    """{"loss", "acc1", "acc5"} (accuracies in %) over every image of ``loader``.
+
+    A sharded loader (``--dist_eval``) has its sums (loss, top-1 and top-5 hits, images) all-reduced
+    over the processes: every rank returns the figures of the whole set.
+    """
     was_training = model.training
     model.eval()
     device = loader.device
@@ -89,7 +92,7 @@ def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype |
         sums[0] += (loss * valid).sum()
         sums[1:3] += topk_correct(logits, labels, (1, 5), valid)
         sums[3] += valid.sum()
-    if world.size > 1 and dist.is_initialized():
+    if loader.world_size > 1:
         dist.all_reduce(sums)
     model.train(was_training)
     loss_sum, top1, top5, count = sums.tolist()
@@ -139,8 +142,10 @@ class EvalTrainer:
             args.data_path, args.batch_size, self.input_size, backend=self.settings.loader, device=self.device,
             rank=world.rank, world_size=world.size, seed=args.seed, num_workers=args.num_workers,
             scale=(args.crop_scale_min, 1.0), rand_augment=None if linprobe else args.aa)
+        # --dist_eval: each process scores its shard; else every process scores the whole set (official)
+        shards = world.size if args.dist_eval else 1
         self.val = EvalLoader(split_folder(args.data_path, "val"), args.batch_size, self.input_size,
-                              device=self.device, rank=world.rank, world_size=world.size,
+                              device=self.device, rank=world.rank if args.dist_eval else 0, world_size=shards,
                               num_workers=self.batches.config.num_threads,
                               crop_pct=recipes.eval_crop_pct(self.input_size))
         self.steps_per_epoch = len(self.batches) // args.accum_iter
@@ -227,7 +232,7 @@ class EvalTrainer:
             "img_per_s": img_per_s, "data_share": data_share, "peak_mem_gb": peak_memory_gb(self.device)})
 
     def evaluate(self) -> dict[str, float]:
-        stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype, self.world)
+        stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype)
         self.evaluated_at = self.global_step
         self.max_accuracy = max(self.max_accuracy, stats["acc1"])
         self.reporter.print(f"epoch {self.epoch}: accuracy of the network on the {len(self.val.files)} test images: "
@@ -256,7 +261,7 @@ class EvalTrainer:
             if resume_path is not None:
                 state = ckpt.load_checkpoint(resume_path, map_location=self.device)
                 unwrap(self.model).load_state_dict(ckpt.model_state(state))
-            stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype, self.world)
+            stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype)
             self.reporter.print(f"accuracy of the network on the {len(self.val.files)} test images: top-1 "
                                 f"{stats['acc1']:.2f}%, top-5 {stats['acc5']:.2f}%, loss {stats['loss']:.4f}")
             self.reporter.close()
