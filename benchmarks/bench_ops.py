@@ -1,341 +1,102 @@
-"""Benchmark fastmae's fused ops against the reference: eager, torch.compile(reference) and fastmae.
+"""Benchmark fastmae's fused ops on every path of the device against the reference and a copy_ of their bytes.
 
-    python benchmarks/bench_ops.py [--tiny] [--ops patchify_gather unshuffle_with_mask_token masked_mse_loss
-                                   mask_token_blend] [--out results.jsonl] [--compile] [--reps N] [--dtype bfloat16]
+    python benchmarks/bench_ops.py [--ops NAME ...] [--sizes vit_b16 vit_h14 ...] [--size NAME[:BATCH] ...]
+                                   [--dtype bfloat16] [--no-compile] [--rounds N] [--out results.jsonl]
 
-Sizes: ViT-B/16, ViT-L/16 (same op shapes as B/16: L=196, K=49) and ViT-H/14 (L=256, K=64) at batch 256,
-224 px, 3 channels, decoder width 512, mask ratio 0.75 on GPU; mask_token_blend (SimMIM) instead runs
-ViT-B/16 at 192 px (L=144, embed width D=768, batch 256). ``--tiny`` (the default without CUDA) runs
-one small size on CPU. On CPU, torch.compile(reference) runs only with ``--compile`` (it is slow to
-compile). Activations (imgs for patchify_gather, x_vis, pred) use ``--dtype`` (bfloat16 on GPU, float32
-on CPU by default); parameters (mask_token, decoder_pos_embed) and the loss's images stay float32, as
-under autocast.
+Paths (fastmae.bench.op_paths): fastmae's op on its Triton, native and plain-torch kernels (FASTMAE_BACKEND
+forced per call; Triton is not timed on CPU, where it only runs in the interpreter), the eager and the
+compiled reference, and copy_ of the same bytes (the GB/s ceiling). Shapes: ViT-B/16, ViT-L/16, ViT-H/14 (and
+SimMIM's ViT-B/16 at 192 px for mask_token_blend) at a batch probed to fit the device's time and memory budget
+(at most 256); ``--size NAME[:BATCH]`` forces a shape and batch instead (``--tiny`` = ``--size tiny``).
+Activations use ``--dtype`` (bfloat16 on GPU, float32 on CPU by default).
 
-GB/s counts the bytes each op must move (the same count for every provider, so the reference's extra
-traffic shows as a lower rate); see each ``build_*`` function. A ``native`` provider runs when fastmae's
-native extension is built (FASTMAE_BACKEND=native). Appends JSON lines (one row per op x size x provider x pass,
-``bench`` = "ops") to benchmarks/results/ops.jsonl (or --out) and prints a markdown table.
+CPU timing is process CPU time with one torch thread (run with OMP_NUM_THREADS=1 on a shared machine), paths
+interleaved in rounds, ratios to the eager reference taken per round (median and quartiles). Appends JSON lines
+(one row per op x size x path x pass, ``bench`` = "ops") to benchmarks/results/ops.jsonl (or --out) and prints
+a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``fastmae`` importable
+if __package__ in (None, ""):  # run as a script: make ``fastmae`` importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastmae import reference
+from fastmae.bench.op_bench import DEFAULT_BUDGETS, Budget, Timing, probe_batch, run_case
+from fastmae.bench.op_cases import OP_NAMES, PRESETS, Size, sizes_for
 from fastmae.bench.record import add_out_argument, append_jsonl, environment, markdown_table
 from fastmae.bench.report import COLUMNS
-from fastmae.bench.timing import op_median_ms, peak_memory_above_baseline, pick_device
-from fastmae.ops.masking import random_masking
-
-OP_NAMES = ("patchify_gather", "unshuffle_with_mask_token", "masked_mse_loss", "mask_token_blend")
-PASSES = ("fwd", "fwd+bwd")
-INDEX_BYTES = 8  # int64 ids
-PARAM_BYTES = 4  # float32 parameters
+from fastmae.bench.timing import pick_device
 
 
-@dataclass(frozen=True)
-class Size:
-    """One benchmark shape: images (batch, channels, img, img) cut into patch x patch patches."""
-
-    name: str
-    batch: int
-    img_size: int
-    patch: int
-    channels: int = 3
-    decoder_dim: int = 512
-    embed_dim: int = 768  # encoder width: the tokens mask_token_blend replaces
-    mask_ratio: float = 0.75
-
-    @property
-    def num_patches(self) -> int:
-        return (self.img_size // self.patch) ** 2
-
-    @property
-    def num_keep(self) -> int:
-        return int(self.num_patches * (1 - self.mask_ratio))
-
-    @property
-    def patch_dim(self) -> int:
-        return self.patch * self.patch * self.channels
-
-
-GPU_SIZES = (Size("vit_b16", 256, 224, 16), Size("vit_l16", 256, 224, 16), Size("vit_h14", 256, 224, 14))
-GPU_SIZES_BY_OP = {"mask_token_blend": (Size("simmim_vit_b16_192", 256, 192, 16),)}  # SimMIM's shape
-TINY_SIZES = (Size("tiny", 2, 32, 8, decoder_dim=32, embed_dim=32),)
-
-
-def sizes_for(op: str, tiny: bool) -> tuple[Size, ...]:
-    """The sizes ``op`` runs at: TINY_SIZES, else its own GPU sizes (GPU_SIZES unless GPU_SIZES_BY_OP has it)."""
-    return TINY_SIZES if tiny else GPU_SIZES_BY_OP.get(op, GPU_SIZES)
-
-
-@dataclass
-class Implementation:
-    """A callable with its arguments, and the arguments whose gradients fwd+bwd computes."""
-
-    fn: Callable[..., torch.Tensor]
-    args: tuple[Any, ...]
-    grad_args: tuple[torch.Tensor, ...]
-
-    def forward(self) -> torch.Tensor:
-        return self.fn(*self.args)
-
-
-@dataclass
-class Case:
-    op: str
-    reference: Implementation
-    fastmae: Implementation
-    bytes_fwd: int
-    bytes_bwd: int
-    has_native: bool = True  # the native extension implements this op
-
-
-def _masking(size: Size, device: torch.device):  # type: ignore[no-untyped-def]
-    return random_masking(size.batch, size.num_patches, size.mask_ratio, device=device)
-
-
-def build_patchify_gather(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """Bytes: fastmae.ops.gather.bytes_moved (fwd: the K kept patches, ids and the (B,K,P) output;
-    bwd: grad (B,K,P), ids and the whole grad imgs)."""
-    from fastmae.ops.gather import bytes_moved, patchify_gather
-
-    k, p = size.num_keep, size.patch
-    imgs = torch.randn(size.batch, size.channels, size.img_size, size.img_size, device=device, dtype=dtype,
-                       requires_grad=True)
-    ids_keep = _masking(size, device).ids_keep
-
-    def reference_fn(imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        patches = reference.patchify(imgs, p)
-        return torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-
-    return Case(
-        "patchify_gather",
-        Implementation(reference_fn, (imgs, ids_keep), (imgs,)),
-        Implementation(patchify_gather, (imgs, ids_keep, p), (imgs,)),
-        bytes_fwd=bytes_moved(imgs.shape, k, p, dtype, backward=False),
-        bytes_bwd=bytes_moved(imgs.shape, k, p, dtype, backward=True),
-    )
-
-
-def build_unshuffle_with_mask_token(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """Bytes: fwd reads x_vis, ids, pos embed, mask token, writes (B,1+L,d) in the promoted dtype; bwd reads
-    grad_out and ids, writes grad x_vis and grad mask_token (the pos embed is frozen, as in MAE)."""
-    from fastmae.ops.unshuffle import unshuffle_with_mask_token
-
-    b, length, k, d = size.batch, size.num_patches, size.num_keep, size.decoder_dim
-    x_vis = torch.randn(b, 1 + k, d, device=device, dtype=dtype, requires_grad=True)
-    mask_token = (0.02 * torch.randn(1, 1, d, device=device)).requires_grad_()
-    grid = size.img_size // size.patch
-    pos_embed = reference.sincos_2d_pos_embed(d, grid, cls_token=True).reshape(1, 1 + length, d).to(device)
-    ids_restore = _masking(size, device).ids_restore
-    elem, out_elem = x_vis.element_size(), torch.promote_types(dtype, torch.float32).itemsize
-    args = (x_vis, mask_token, ids_restore, pos_embed)
-    return Case(
-        "unshuffle_with_mask_token",
-        Implementation(reference.decoder_input, args, (x_vis, mask_token)),
-        Implementation(unshuffle_with_mask_token, args, (x_vis, mask_token)),
-        bytes_fwd=b * (1 + k) * d * elem + b * length * INDEX_BYTES + (2 + length) * d * PARAM_BYTES
-        + b * (1 + length) * d * out_elem,
-        bytes_bwd=b * (1 + length) * d * out_elem + b * length * INDEX_BYTES + b * (1 + k) * d * elem
-        + d * PARAM_BYTES,
-    )
-
-
-def build_masked_mse_loss(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """Reference: mae_loss on the full pred (B,L,P); fastmae: pred of the removed patches only, (B,L-K,P) in
-    shuffled order (ids_shuffle[:, K:]), norm_pix on. Bytes: fwd reads pred and image pixels of the removed
-    patches and ids; bwd reads them again and writes grad pred (B,L-K,P)."""
-    from fastmae.ops.loss import masked_mse_loss
-
-    b, length, k, p, patch_dim = size.batch, size.num_patches, size.num_keep, size.patch, size.patch_dim
-    imgs = torch.randn(b, size.channels, size.img_size, size.img_size, device=device)
-    masking = _masking(size, device)
-    pred_full = torch.randn(b, length, patch_dim, device=device, dtype=dtype, requires_grad=True)
-    removed_ids = masking.ids_shuffle[:, k:]
-    pred_removed = pred_full.detach().gather(1, removed_ids.unsqueeze(-1).expand(-1, -1, patch_dim))
-    pred_removed.requires_grad_()
-    removed = b * (length - k) * patch_dim
-    elem = pred_full.element_size()
-
-    def reference_fn(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return reference.mae_loss(imgs, pred, mask, p, True)
-
-    def fastmae_fn(pred: torch.Tensor, imgs: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        return masked_mse_loss(pred, imgs, ids_restore, p, norm_pix=True)
-
-    return Case(
-        "masked_mse_loss",
-        Implementation(reference_fn, (imgs, pred_full, masking.mask), (pred_full,)),
-        Implementation(fastmae_fn, (pred_removed, imgs, masking.ids_restore), (pred_removed,)),
-        bytes_fwd=removed * (elem + 4) + b * length * INDEX_BYTES,
-        bytes_bwd=removed * (2 * elem + 4) + b * length * INDEX_BYTES,
-    )
-
-
-def build_mask_token_blend(size: Size, device: torch.device, dtype: torch.dtype) -> Case:
-    """SimMIM masking of every token (B, L, D = embed_dim). Reference: ``x * (1 - m) + token * m`` in plain torch;
-    both providers take the same 0/1 mask in ``dtype`` (random masking at size.mask_ratio) and a token in
-    ``dtype``, so the output stays in ``dtype``. Bytes: fastmae.ops.blend.bytes_moved (it counts a 1-byte mask:
-    the wider mask read here adds B*L*(itemsize-1) bytes, about 0.03% at D=768 in bfloat16)."""
-    from fastmae.ops.blend import bytes_moved, mask_token_blend
-
-    shape = (size.batch, size.num_patches, size.embed_dim)
-    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
-    mask_token = (0.02 * torch.randn(1, 1, size.embed_dim, device=device)).to(dtype).requires_grad_()
-    mask = _masking(size, device).mask.to(dtype)
-
-    def reference_fn(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
-        weight = mask.unsqueeze(-1)
-        return x * (1 - weight) + mask_token * weight
-
-    args = (x, mask, mask_token)
-    return Case(
-        "mask_token_blend",
-        Implementation(reference_fn, args, (x, mask_token)),
-        Implementation(mask_token_blend, args, (x, mask_token)),
-        bytes_fwd=bytes_moved(shape, dtype, backward=False),
-        bytes_bwd=bytes_moved(shape, dtype, backward=True),
-        has_native=False,
-    )
-
-
-BUILDERS: dict[str, Callable[[Size, torch.device, torch.dtype], Case]] = {
-    "patchify_gather": build_patchify_gather,
-    "unshuffle_with_mask_token": build_unshuffle_with_mask_token,
-    "masked_mse_loss": build_masked_mse_loss,
-    "mask_token_blend": build_mask_token_blend,
-}
-
-
-@contextlib.contextmanager
-def _backend(choice: str | None) -> Iterator[None]:
-    """Set FASTMAE_BACKEND for the duration (None: leave it as it is)."""
-    previous = os.environ.get("FASTMAE_BACKEND")
-    if choice is not None:
-        os.environ["FASTMAE_BACKEND"] = choice
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("FASTMAE_BACKEND", None)
-        else:
-            os.environ["FASTMAE_BACKEND"] = previous
-
-
-Provider = tuple[str, Implementation, str | None]
-
-
-def providers(case: Case, compile_reference: bool) -> list[Provider]:
-    """(provider, implementation, FASTMAE_BACKEND) for one case."""
-    result: list[Provider] = [("reference", case.reference, None)]
-    if compile_reference:
-        ref = case.reference
-        result.append(("compiled", Implementation(torch.compile(ref.fn), ref.args, ref.grad_args), None))
-    result.append(("fastmae", case.fastmae, None))
-    from fastmae import _native
-
-    if case.has_native and _native.available():
-        result.append(("native", case.fastmae, "native"))
-    return result
-
-
-def pass_fn(impl: Implementation, pass_name: str) -> Callable[[], object]:
-    """The callable timed for one pass; fwd+bwd uses autograd.grad so no .grad accumulates between runs."""
-    if pass_name == "fwd":
-        return impl.forward
-    with torch.no_grad():
-        probe = impl.forward()
-    grad_out = torch.ones_like(probe) if probe.dim() == 0 else torch.randn_like(probe)
-
-    def forward_backward() -> object:
-        return torch.autograd.grad(impl.forward(), impl.grad_args, grad_out)
-
-    return forward_backward
-
-
-def run_case(
-    case: Case, size: Size, device: torch.device, dtype: torch.dtype, *, compile_reference: bool, warmup: int, reps: int
-) -> list[dict[str, Any]]:
-    rows = []
-    for provider, impl, backend in providers(case, compile_reference):
-        for pass_name in PASSES:
-            moved = case.bytes_fwd + (case.bytes_bwd if pass_name == "fwd+bwd" else 0)
-            row: dict[str, Any] = {
-                "bench": "ops", "op": case.op, "size": size.name, "provider": provider, "pass": pass_name,
-                "dtype": str(dtype).replace("torch.", ""),
-                "batch": size.batch, "num_patches": size.num_patches, "num_keep": size.num_keep,
-                "patch_size": size.patch, "decoder_dim": size.decoder_dim, "embed_dim": size.embed_dim,
-                "bytes": moved,
-                "median_ms": None, "gbps": None, "peak_mem_bytes": None, "status": "ok",
-            }  # fmt: skip
-            with _backend(backend):
-                fn = pass_fn(impl, pass_name)
-                ms = op_median_ms(fn, device, warmup=warmup, iters=reps)
-                peak = peak_memory_above_baseline(fn, device)
-            row.update(median_ms=ms, gbps=moved / (ms * 1e-3) / 1e9, peak_mem_bytes=peak)
-            rows.append(row)
-    return rows
+def forced_size(text: str) -> Size:
+    """``NAME`` (a preset at its own batch) or ``NAME:BATCH``."""
+    name, _, batch = text.partition(":")
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"--size: unknown size {name!r}; expected one of {', '.join(PRESETS)}")
+    if not batch:
+        return PRESETS[name]
+    if not batch.isdigit() or int(batch) < 1:
+        raise argparse.ArgumentTypeError(f"--size: the batch after ':' must be a positive integer, got {batch!r}")
+    return PRESETS[name].with_batch(int(batch))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="small sizes (the default without CUDA)")
     parser.add_argument("--ops", nargs="+", choices=OP_NAMES, default=list(OP_NAMES))
+    parser.add_argument("--sizes", nargs="+", choices=sorted(PRESETS), default=None,
+                        help="shapes to run, batch probed (default: each op's model shapes)")
+    parser.add_argument("--size", nargs="+", type=forced_size, default=None, metavar="NAME[:BATCH]",
+                        help="force these shapes and batches (no probe)")
+    parser.add_argument("--tiny", action="store_true", help="the same as --size tiny")
     add_out_argument(parser, "ops")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
-    parser.add_argument("--compile", action="store_true", help="also torch.compile(reference) on CPU")
-    parser.add_argument("--warmup", type=int, default=3, help="CPU warm-up runs (GPU: do_bench's own)")
-    parser.add_argument("--reps", type=int, default=10, help="CPU timed runs (GPU: do_bench's own)")
-    parser.add_argument("--sizes", nargs="+", default=None, help="only the sizes of these names (e.g. vit_b16)")
-    parser.add_argument("--with-copy", action="store_true",
-                        help="also time a plain copy_ of the bytes each row must move (provider copy_)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="time torch.compile(reference) too (default: on)")
+    parser.add_argument("--rounds", type=int, default=Timing.rounds, help="CPU: interleaved timing rounds")
+    parser.add_argument("--warmup", type=int, default=Timing.warmup, help="CPU: untimed calls per path")
+    parser.add_argument("--call-budget-ms", type=float, default=None,
+                        help="probe: most ms per call of the eager reference fwd+bwd (default 50 on CPU, none on GPU)")
     return parser.parse_args(argv)
 
 
-def copy_row(row: dict[str, Any], device: torch.device, *, warmup: int, reps: int) -> dict[str, Any]:
-    """The same row for ``dst.copy_(src)`` of row["bytes"] / 2 bytes (read + written = row["bytes"])."""
-    src = torch.randint(0, 255, (row["bytes"] // 2,), dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = op_median_ms(lambda: dst.copy_(src), device, warmup=warmup, iters=reps)
-    return {**row, "provider": "copy_", "median_ms": ms, "gbps": row["bytes"] / (ms * 1e-3) / 1e9,
-            "peak_mem_bytes": None}
+def sizes_to_run(op: str, args: argparse.Namespace) -> list[tuple[Size, bool]]:
+    """(size, probe it) pairs for ``op``: forced sizes as given, else the chosen or default shapes, probed."""
+    forced = list(args.size or []) + ([PRESETS["tiny"]] if args.tiny else [])
+    if forced:
+        return [(size, False) for size in forced]
+    shapes = [PRESETS[name] for name in args.sizes] if args.sizes else list(sizes_for(op))
+    own = {s.name for s in sizes_for(op)}
+    return [(size, True) for size in shapes if size.name in own or size.name == "tiny"]
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmarks; return the rows written."""
     args = parse_args(argv)
     device = pick_device(args.device)
-    tiny = args.tiny or device.type != "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    compile_reference = device.type == "cuda" or args.compile
+    budget = DEFAULT_BUDGETS["cuda" if device.type == "cuda" else "cpu"]
+    if args.call_budget_ms is not None:
+        budget = Budget(args.call_budget_ms / 1e3, budget.memory_share)
+    timing = Timing(rounds=args.rounds, warmup=args.warmup)
     env = environment(device, argv)
     rows = []
     for op in args.ops:
-        for size in sizes_for(op, tiny):
-            if args.sizes and size.name not in args.sizes and not tiny:
-                continue
-            torch.manual_seed(0)
-            case = BUILDERS[op](size, device, dtype)
-            case_rows = run_case(
-                case, size, device, dtype, compile_reference=compile_reference, warmup=args.warmup, reps=args.reps
-            )
-            if args.with_copy:  # one copy_ row per pass, at that pass's byte count
-                case_rows += [copy_row(r, device, warmup=args.warmup, reps=args.reps)
-                              for r in case_rows if r["provider"] == "fastmae"]
+        for size, probe in sizes_to_run(op, args):
+            sizing = probe_batch(op, size, device, dtype, budget) if probe else {
+                "batch": size.batch, "batch_source": "forced"}
+            size = size.with_batch(sizing["batch"])
+            print(f"{op} {size.name} batch {size.batch} ({sizing['batch_source']})", flush=True)
+            case_rows = run_case(op, size, device, dtype, compile_reference=args.compile, timing=timing,
+                                 sizing=sizing)
             rows += [{**env, **row} for row in case_rows]
     path = append_jsonl(rows, args.out)
     print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['git_commit']}")

@@ -1,8 +1,9 @@
 """Input checks shared by the reference, the ops and the models.
 
 Every check raises a ValueError/TypeError that names the argument and says what was
-expected. All but :func:`check_id_values` look only at shapes, dtypes and devices; that one
-reads tensor *values* (a host sync), so the ops call it only in debug mode (FASTMAE_DEBUG=1).
+expected. All but two look only at shapes, dtypes and devices. The two that read id *values*:
+:func:`check_id_values` (a host sync, so the ops call it only in debug mode, FASTMAE_DEBUG=1) and
+:func:`assert_id_values` (device-side assertions, no host sync: a RuntimeError naming the argument).
 """
 
 from __future__ import annotations
@@ -166,9 +167,26 @@ def check_id_values(ids: torch.Tensor, num_patches: int, name: str) -> None:
         )
     sorted_ids = ids.sort(dim=1).values
     if (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any():
-        whole = ids.shape[1] == num_patches
-        rule = "rows must be permutations of [0, L)" if whole else "each row must hold distinct indices"
-        raise ValueError(f"{name} repeats a patch index within a row; {rule}")
+        raise ValueError(f"{name} repeats a patch index within a row; {_id_rule(ids, num_patches)}")
+
+
+def _id_rule(ids: torch.Tensor, num_patches: int) -> str:
+    whole = ids.shape[1] == num_patches
+    return "rows must be permutations of [0, L)" if whole else "each row must hold distinct indices"
+
+
+def assert_id_values(ids: torch.Tensor, num_patches: int, name: str) -> None:
+    """The rule of :func:`check_id_values` as device-side assertions: no host sync, and it traces into a
+    ``torch.compile(fullgraph=True)`` graph. ``torch._assert_async`` raises a RuntimeError naming ``name`` at
+    once on CPU tensors; on CUDA a failed assertion stops the stream before the op's kernel runs (a device-side
+    assert, printing the message), so a bad id is never read. O(N*L): compares, and a scatter-add of ones
+    into an (N, L) int32 count (deterministic: integer adds)."""
+    in_range = ((ids >= 0) & (ids < num_patches)).all()
+    torch._assert_async(in_range, f"{name} holds a patch index outside [0, L) = [0, {num_patches})")
+    counts = torch.zeros((ids.shape[0], num_patches), dtype=torch.int32, device=ids.device)
+    ones = torch.ones((), dtype=torch.int32, device=ids.device).expand(ids.shape)
+    counts.scatter_add_(1, ids.clamp(0, num_patches - 1).long(), ones)  # clamped: the range is asserted above
+    torch._assert_async((counts <= 1).all(), f"{name} repeats a patch index within a row; {_id_rule(ids, num_patches)}")
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

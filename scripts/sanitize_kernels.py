@@ -5,7 +5,7 @@ Meant to run under NVIDIA's compute-sanitizer (issue [gpu-kernels] item 2), once
     TRITON_INTERPRET=0 compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/sanitize_kernels.py
     TRITON_INTERPRET=0 compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/sanitize_kernels.py
 
-``benchmarks/gpu_suite.sh sanitize`` runs both. The shapes are odd on purpose (patch sizes that are not
+The shapes are odd on purpose (patch sizes that are not
 powers of two, partial row and channel blocks, a batch that is not a multiple of the backward's sample chunk),
 so every masked load and store of the kernels is exercised at its edge. Run as a script, it turns PyTorch's
 caching allocator off before CUDA starts (PYTORCH_NO_CUDA_MEMORY_CACHING=1): every tensor is then its own

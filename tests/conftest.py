@@ -3,10 +3,10 @@
 TRITON_INTERPRET=1 must be set before triton is imported so that Triton kernels run on
 CPU tensors; scripts/test.sh sets it, and this sets it too for a bare ``pytest``.
 
-``FASTMAE_TEST_DEVICE`` (default ``cpu``) names the device of the op and model tests' tensors. The GPU
-suite (``benchmarks/gpu_suite.sh tests``) runs ``TRITON_INTERPRET=0 FASTMAE_TEST_DEVICE=cuda pytest tests``:
-the "triton" parametrisations then run the compiled kernels and the "torch" ones PyTorch on CUDA. Only the
-variable is read here: nothing queries the GPU at import or collection.
+``FASTMAE_TEST_DEVICE`` (default ``cpu``) names the device of the op and model tests' tensors. On a GPU,
+``TRITON_INTERPRET=0 FASTMAE_TEST_DEVICE=cuda pytest tests`` (the device check, benchmarks/gpu_check.sh, runs a
+selection) runs the "triton" parametrisations on the compiled kernels and the "torch" ones on PyTorch on CUDA.
+Only the variable is read here: nothing queries the GPU at import or collection.
 """
 
 import os
@@ -95,6 +95,9 @@ def use_backend(monkeypatch: pytest.MonkeyPatch, device: torch.device) -> Callab
         if reason is not None:
             pytest.skip(reason)
         monkeypatch.setenv("FASTMAE_BACKEND", name)
+        # a compiled graph keeps the kernel picked when it was traced (FASTMAE_BACKEND is no dynamo guard):
+        # without this, a test's closure compiled under the previous backend would be reused as it was
+        torch._dynamo.reset()
         if debug:
             monkeypatch.setenv("FASTMAE_DEBUG", "1")
         return name

@@ -30,7 +30,8 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     failed = {name: s["exit"] for name, s in stages.items() if s["exit"] != 0}
     assert not failed, f"stages failed: {failed}\n{run.stdout[-4000:]}"
     assert stages["nan"]["tests"] > 0 and stages["ops"]["tests"] > 0
-    assert {row["provider"] for row in stages["timings"]["rows"]} >= {"reference", "fastmae"}
+    timed = {row["provider"] for row in stages["timings"]["rows"] if row["status"] == "ok"}
+    assert timed >= {"reference", "torch", "copy_"}
     assert {row["provider"] for row in stages["step"]["rows"]} == {"reference-published", "reference-modern",
                                                                    "fastmae"}
     assert run.returncode == 0

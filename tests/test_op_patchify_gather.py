@@ -84,6 +84,13 @@ def test_matches_reference(backend: str, case: tuple, dtype: torch.dtype, device
     check_forward_backward(imgs, random_ids(batch, num_patches, num_keep, device), patch)
 
 
+def test_patch_of_several_programs(backend: str, device: torch.device) -> None:
+    """P = 3072 > 2048: two programs per patch, which address the image in the row's order (not in the device
+    check's selection: its compiles are counted there)."""
+    imgs = torch.randn(1, 3, 64, 32, device=device)
+    check_forward_backward(imgs, random_ids(1, 2, 1, device), 32)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "expanded"])
 def test_non_contiguous_images(backend: str, layout: str, device: torch.device) -> None:
     patch, batch = 14, 2

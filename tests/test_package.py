@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import fastmae
 
@@ -35,3 +39,22 @@ def test_cli_version_and_help() -> None:
 
 def test_py_typed_ships_with_the_package() -> None:
     assert (Path(fastmae.__file__).parent / "py.typed").is_file()
+
+
+@pytest.mark.parametrize("package", ["fastmae.ops", "fastmae.models"])
+def test_typed_re_exports_match_the_lazy_export_table(package: str) -> None:
+    """The ``TYPE_CHECKING`` re-exports (what type checkers read) name exactly the lazily loaded exports, each
+    from the submodule that defines it; at run time every name loads from there."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    typed = {
+        alias.asname: node.module.rsplit(".", 1)[-1]
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+        if alias.asname == alias.name  # "import x as x": an explicit re-export
+    }
+    assert typed == module._EXPORTS
+    for name, submodule in module._EXPORTS.items():
+        assert getattr(module, name) is getattr(importlib.import_module(f"{package}.{submodule}"), name)

@@ -22,19 +22,20 @@ Run it: ``PYTHONPATH=. python docs/examples/videomae_step.py``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmae import reference
+from fastmae.models.blocks import Block
 from fastmae.ops import masked_mse_loss, patchify_gather, tube_masking, unshuffle_with_mask_token
 
 
 def sincos_table(dim: int, num_tokens: int) -> torch.Tensor:
     """(1, 1 + num_tokens, dim) fixed 1-D sin-cos table over the tubelet index (VideoMAE's), a zero cls row first."""
-    table = reference.sincos_1d(dim, np.arange(num_tokens))
-    return torch.cat([torch.zeros(1, dim), torch.from_numpy(table).float()]).unsqueeze(0)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = torch.arange(num_tokens, dtype=torch.float64)[:, None] * omega  # [sin, cos] of position * om_k
+    table = torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    return torch.cat([torch.zeros(1, dim), table]).unsqueeze(0)
 
 
 class TinyVideoMAE(nn.Module):
@@ -51,12 +52,14 @@ class TinyVideoMAE(nn.Module):
         self.patch_embed = nn.Linear(tubelet_dim, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(sincos_table(dim, num_tubelets), requires_grad=False)
-        self.blocks = nn.ModuleList(reference.Block(dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, backend="sdpa") for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, decoder_dim) * 0.02)
         self.decoder_pos_embed = nn.Parameter(sincos_table(decoder_dim, num_tubelets), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(reference.Block(decoder_dim, heads) for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, heads, mlp_ratio=4.0, backend="sdpa") for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, tubelet_dim)
 

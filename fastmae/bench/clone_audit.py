@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,15 +57,14 @@ def cloned_inputs(graph: torch.fx.GraphModule) -> list[dict[str, Any]]:
     return launches
 
 
-def functionalized_step_graphs(model_name: str, batch: int) -> dict[str, torch.fx.GraphModule]:
-    """The functionalized forward and backward graphs of the trainer's compiled step (bf16) on CPU tensors."""
+def _capture(run: Callable[[Callable[..., Any]], None]) -> dict[str, torch.fx.GraphModule]:
+    """The functionalized forward and backward graphs of whatever ``run`` compiles with the backend it is given
+    (Triton branch of every op, a GPU target named, nothing compiled or launched)."""
     import triton.knobs
     from functorch.compile import min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
 
     from fastmae.bench.triton_capture import gpu_target_driver
-    from fastmae.reference import full_model_config
-    from fastmae.train.step import build_train_step
 
     if triton.knobs.runtime.interpret:
         raise RuntimeError("the audit needs the compiled Triton kernels' IR: unset TRITON_INTERPRET")
@@ -78,16 +77,12 @@ def functionalized_step_graphs(model_name: str, batch: int) -> dict[str, torch.f
     def stop(graph: torch.fx.GraphModule, inputs: Any) -> Any:
         raise _GraphsCaptured
 
-    backend = aot_autograd(fw_compiler=stop, partition_fn=partition)
-    size = int(full_model_config(model_name)["img_size"])  # type: ignore[call-overload]
     previous = os.environ.get("FASTMAE_BACKEND")
     os.environ["FASTMAE_BACKEND"] = "triton"
     try:
         with gpu_target_driver(90):
-            step = build_train_step(model_name, device="cpu", precision="bf16", compile_model=True,
-                                    compile_backend=backend)  # type: ignore[arg-type]
             try:
-                step(torch.randn(batch, 3, size, size))
+                run(aot_autograd(fw_compiler=stop, partition_fn=partition))
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 if not isinstance(error.inner_exception, _GraphsCaptured):
                     raise
@@ -97,8 +92,48 @@ def functionalized_step_graphs(model_name: str, batch: int) -> dict[str, torch.f
         else:
             os.environ["FASTMAE_BACKEND"] = previous
     if set(graphs) != {"forward", "backward"}:
-        raise RuntimeError("the compiled step produced no forward/backward graphs to audit")
+        raise RuntimeError("the compiled function produced no forward/backward graphs to audit")
     return graphs
+
+
+def functionalized_step_graphs(model_name: str, batch: int) -> dict[str, torch.fx.GraphModule]:
+    """The functionalized forward and backward graphs of the trainer's compiled step (bf16) on CPU tensors."""
+    from fastmae.models.configs import full_model_config
+    from fastmae.train.step import build_train_step
+
+    size = int(full_model_config(model_name)["img_size"])  # type: ignore[call-overload]
+
+    def run(backend: Callable[..., Any]) -> None:
+        step = build_train_step(model_name, device="cpu", precision="bf16", compile_model=True,
+                                compile_backend=backend)  # type: ignore[arg-type]
+        step(torch.randn(batch, 3, size, size))
+
+    return _capture(run)
+
+
+def functionalized_op_graphs() -> dict[str, torch.fx.GraphModule]:
+    """The same for the kernel paths the step does not take: gradients into the images (the patchify scatter,
+    the loss's source gradient through norm_pix) and an explicit target, with sample weights and a mask."""
+    from fastmae.ops import masked_mse_loss, patchify_gather, random_masking
+
+    batch, p, size = 2, 4, 8
+    masking = random_masking(batch, (size // p) ** 2, 0.5)
+    keep = masking.num_keep
+
+    def ops(imgs: torch.Tensor, pred: torch.Tensor, full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        visible = patchify_gather(imgs, masking.ids_keep, p)
+        pixel = masked_mse_loss(pred, imgs, masking.ids_restore, p, norm_pix=True)
+        explicit = masked_mse_loss(full, None, None, None, target=target, mask=masking.mask, norm_pix=True,
+                                   sample_weight=torch.ones(batch))  # fmt: skip
+        return visible.sum() + pixel + explicit
+
+    def run(backend: Callable[..., Any]) -> None:
+        length = (size // p) ** 2
+        leaves = (torch.randn(batch, 3, size, size), torch.randn(batch, length - keep, p * p * 3),
+                  torch.randn(batch, length, 5), torch.randn(batch, length, 5))  # fmt: skip
+        torch.compile(ops, backend=backend, fullgraph=True)(*(t.requires_grad_() for t in leaves))
+
+    return _capture(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args(argv)
     graphs = functionalized_step_graphs(args.model, args.batch)
+    graphs.update({f"ops_{name}": graph for name, graph in functionalized_op_graphs().items()})
     audit = {name: cloned_inputs(graph) for name, graph in graphs.items()}
     print(json.dumps(audit, indent=1))
     copies = [(name, launch) for name, launches in audit.items() for launch in launches if launch["cloned_inputs"]]

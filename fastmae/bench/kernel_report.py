@@ -91,12 +91,12 @@ def launch_bytes(launch: Launch) -> int:
     a = launch.bound()
     c = launch.kwargs
     name = launch.name
-    if name == "_patchify_gather_kernel":  # read the visible pixels and the ids, write the patches
-        out = a["out_ptr"]
-        return _elements(a["img_ptr"], out.numel()) + _nbytes(out) + _nbytes(a["ids_ptr"])
-    if name == "_patchify_scatter_kernel":  # read the patch gradient and ids, write the visible pixels
-        grad = a["grad_ptr"]
-        return _nbytes(grad) + _elements(a["grad_img_ptr"], grad.numel()) + _nbytes(a["ids_ptr"])
+    if name == "_gather_kernel":
+        if c["SCATTER"]:  # read the patch gradient and ids, write the visible pixels
+            grad = a["src_ptr"]
+            return _nbytes(grad) + _elements(a["dst_ptr"], grad.numel()) + _nbytes(a["ids_ptr"])
+        out = a["dst_ptr"]  # read the visible pixels and the ids, write the patches
+        return _elements(a["src_ptr"], out.numel()) + _nbytes(out) + _nbytes(a["ids_ptr"])
     if name == "_unshuffle_fwd_kernel":
         out = a["out_ptr"]
         pos = _nbytes(a["pos_ptr"]) if c["HAS_POS"] else 0

@@ -52,8 +52,8 @@ def _ids(batch: int, count: int) -> torch.Tensor:
 
 
 def _mae(model_name: str, batch: int, mask_ratio: float = 0.75) -> Workload:
+    from fastmae.models.configs import full_model_config
     from fastmae.ops import masked_mse_loss, patchify_gather, unshuffle_with_mask_token
-    from fastmae.reference import full_model_config
 
     config = full_model_config(model_name)
     img, p, chans, width = (int(config[k]) for k in ("img_size", "patch_size", "in_chans", "decoder_embed_dim"))  # type: ignore[call-overload]

@@ -9,7 +9,8 @@
 
 Each provider returns a ``step(imgs)`` closure doing one full optimizer step on a batch. On
 CPU, fp16 autocast is replaced by fp32 (CPU fp16 matmuls are emulated) and compilation is
-opt-in; the row's ``precision`` says what ran.
+opt-in; the row's ``precision`` says what ran (its matrix products run in ``AUTOCAST_DTYPES[precision]``, the
+dtype its MFU ceiling is measured in).
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.
 @dataclass
 class BuiltStep:
     step: Callable[[torch.Tensor], None]
-    precision: str
+    precision: str  # "bf16", "fp16" or "fp32": the autocast that ran
     compiled: bool
+    attn: str  # the attention the model runs: "math" (explicit softmax), "sdpa", "xformers"
+    op_kernel: str | None = None  # fastmae's fused ops: the kernel they pick ("triton", "native", "torch")
+
+
+def provider_precision(provider: str, device: torch.device) -> str:
+    """The precision ``provider`` runs at on ``device``: its GPU precision, fp32 for fp16 off CUDA."""
+    _check_provider(provider)
+    precision = GPU_PRECISION[provider]
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision  # CPU fp16 matmuls are emulated
 
 
 def _check_provider(name: str) -> None:
@@ -59,9 +69,8 @@ def _reference_step(
     published = provider == "reference-published"
     model = create_reference_model(model_name, attn_impl=REFERENCE_ATTN[provider], norm_pix_loss=norm_pix).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=False)
-    dtype = AUTOCAST_DTYPES[GPU_PRECISION[provider]]
-    if published and device.type != "cuda":
-        dtype = torch.float32  # CPU fp16 matmuls are emulated
+    precision = provider_precision(provider, device)
+    dtype = AUTOCAST_DTYPES[precision]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     compiled = compile_model and not published
     forward = torch.compile(model) if compiled else model
@@ -75,17 +84,19 @@ def _reference_step(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    return BuiltStep(step, str(dtype).replace("torch.", ""), compiled)
+    return BuiltStep(step, precision, compiled, REFERENCE_ATTN[provider])
 
 
 def _fastmae_step(
     model_name: str, device: torch.device, mask_ratio: float, compile_model: bool, norm_pix: bool
 ) -> BuiltStep:
+    from fastmae.models.attention import resolve_attn_backend
+    from fastmae.ops._backend import select_backend
     from fastmae.train.step import build_train_step
 
-    precision = "bf16"
+    precision = provider_precision("fastmae", device)
     train_step = build_train_step(
         model_name, device=device, precision=precision, compile_model=compile_model, norm_pix_loss=norm_pix,
         mask_ratio=mask_ratio,
     )
-    return BuiltStep(train_step, precision, compile_model)
+    return BuiltStep(train_step, precision, compile_model, resolve_attn_backend("auto"), select_backend(device))

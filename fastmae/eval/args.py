@@ -15,7 +15,7 @@ from fastmae.eval.vit import mae_name
 SHARED_WITH_PRETRAIN = (
     "accum_iter", "input_size", "data_path", "output_dir", "log_dir", "resume", "start_epoch", "seed",
     "num_workers", "device", "lr", "min_lr", "precision", "compile", "compile_backend", "loader", "attn",
-    "max_steps", "log_every", "save_every", "keep_last", "max_skipped", "no_progress",
+    "max_steps", "log_every", "save_every", "keep_last", "max_skipped", "no_progress", "dist_timeout",
 )
 RECIPES = ("linprobe", "finetune")
 

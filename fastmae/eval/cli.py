@@ -9,6 +9,7 @@ from collections.abc import Sequence
 def run_recipe(recipe: str, argv: Sequence[str] | None) -> int:
     from fastmae.eval.args import parse_args
     from fastmae.eval.trainer import run
+    from fastmae.train.distributed import ProcessGroupError
     from fastmae.train.step import NonFiniteLossError
 
     try:
@@ -16,7 +17,7 @@ def run_recipe(recipe: str, argv: Sequence[str] | None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"fastmae {recipe}: error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, ProcessGroupError) as error:
         print(f"fastmae {recipe}: stopped: {error}", file=sys.stderr)
         return 1
     return 0

@@ -34,7 +34,15 @@ from fastmae.eval.vit import VisionTransformer, build_classifier
 from fastmae.eval.weights import load_pretrained
 from fastmae.train import checkpoint as ckpt
 from fastmae.train.args import describe, resolve
-from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
+from fastmae.train.distributed import (
+    World,
+    barrier,
+    collective_failures,
+    init_distributed,
+    process_device,
+    shutdown,
+    wrap_model,
+)
 from fastmae.train.loop import Position, StepLoop, finite_mean, schedule_length
 from fastmae.train.modeling import unwrap
 from fastmae.train.optim import adamw
@@ -258,8 +266,9 @@ class EvalTrainer(StepLoop):
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
-                             (args.device is None and torch.cuda.is_available()) else "cpu")
+                             (args.device is None and torch.cuda.is_available()) else "cpu", args.dist_timeout)
     try:
-        return EvalTrainer(args, world).run()
+        with collective_failures(world, args.dist_timeout):
+            return EvalTrainer(args, world).run()
     finally:
         shutdown(world)

@@ -149,22 +149,23 @@ class MaskedAutoencoderViT(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls.to(tokens.dtype), tokens], dim=1)
 
-    def embed_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    def embed_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor, *, validate_ids: bool = True) -> torch.Tensor:
         """imgs (N, C, H, W), ids_keep (N, K) -> (N, K, D) patch embeddings + pos embeds of the kept patches.
 
         The conv weight (D, C, p, p) flattens as (c, i, j); patchify order is (i, j, c), so the linear
-        layer reads it permuted. The weight stays stored as the conv weight.
+        layer reads it permuted. The weight stays stored as the conv weight. ``validate_ids``: as in
+        :func:`fastmae.ops.patchify_gather` (False only for ids fastmae's masking made).
         """
         proj = self.patch_embed.proj
         weight = proj.weight.permute(0, 2, 3, 1).reshape(proj.weight.shape[0], -1)  # (D, p*p*C)
-        patches = patchify_gather(imgs, ids_keep, [self.patch_size, self.patch_size])  # (N, K, p*p*C)
+        patches = patchify_gather(imgs, ids_keep, [self.patch_size, self.patch_size], validate_ids=validate_ids)
         tokens = F.linear(patches, weight, proj.bias)
         pos = self.pos_embed[0, 1:, :].index_select(0, ids_keep.reshape(-1)).view(*ids_keep.shape, -1)
         return tokens + pos
 
-    def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor, *, validate_ids: bool = True) -> torch.Tensor:
         """imgs (N, C, H, W), ids_keep (N, K) -> latent (N, 1+K, D), visible tokens in ids_keep order."""
-        x = self._with_cls(self.embed_visible(imgs, ids_keep))
+        x = self._with_cls(self.embed_visible(imgs, ids_keep, validate_ids=validate_ids))
         return self.norm(self._run_blocks(self.blocks, x))
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -174,10 +175,14 @@ class MaskedAutoencoderViT(nn.Module):
         x = self._with_cls(x)
         return self.norm(self._run_blocks(self.blocks, x))
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, *, validate_ids: bool = True
+    ) -> torch.Tensor:
         """latent (N, 1+K, D), ids_restore (N, L) -> decoder features (N, 1+L, d) before decoder_norm."""
         x = self.decoder_embed(latent)
-        x = unshuffle_with_mask_token(x, self.mask_token, ids_restore, self.decoder_pos_embed)
+        x = unshuffle_with_mask_token(
+            x, self.mask_token, ids_restore, self.decoder_pos_embed, validate_ids=validate_ids
+        )
         return self._run_blocks(self.decoder_blocks, x)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -200,8 +205,9 @@ class MaskedAutoencoderViT(nn.Module):
         self._check_inputs(imgs)
         batch = imgs.shape[0]
         masking = random_masking(batch, self.num_patches, mask_ratio, noise=noise, device=imgs.device)
-        latent = self.forward_encoder(imgs, masking.ids_keep)
-        features = self.forward_decoder(latent, masking.ids_restore)  # (N, 1+L, d), cls first
+        # the masking's ids are valid by construction: no id check on the training path
+        latent = self.forward_encoder(imgs, masking.ids_keep, validate_ids=False)
+        features = self.forward_decoder(latent, masking.ids_restore, validate_ids=False)  # (N, 1+L, d), cls first
         ids_removed = masking.ids_shuffle[:, masking.num_keep :]  # (N, L-K), the loss's row order
         if return_pred:
             pred = self.predict(features[:, 1:, :])
@@ -212,6 +218,6 @@ class MaskedAutoencoderViT(nn.Module):
             pred_removed = run_recomputed(self.predict, _gather_rows(features, ids_removed + 1), self.recompute)
         loss = masked_mse_loss(
             pred_removed, imgs, None, [self.patch_size, self.patch_size], norm_pix=self.norm_pix_loss,
-            ids_removed=ids_removed,
+            ids_removed=ids_removed, validate_ids=False,
         )
         return loss, pred, masking.mask

@@ -1,10 +1,10 @@
 """fastmae's fused masked-image-modeling ops.
 
-The export table is the ``TYPE_CHECKING`` block below: real ``from .module import name`` imports that
-editors and type checkers read, and the only list of what ``fastmae.ops`` exports. At run time the
-names load lazily from it: registering a ``triton_op`` imports triton, so ``import fastmae.ops`` must not
-import the op modules; ``from fastmae.ops import patchify_gather`` loads that op's module (and triton)
-only then.
+``_EXPORTS`` is the export table: each public name and the submodule that defines it. The names load lazily
+(module ``__getattr__``): registering a ``triton_op`` imports triton, so ``import fastmae.ops`` must not
+import the op modules; ``from fastmae.ops import patchify_gather`` loads that op's module (and triton) only
+then. Editors and type checkers read the typed re-exports of the ``TYPE_CHECKING`` block, which
+``tests/test_package.py`` keeps equal to the table (as for :mod:`fastmae.models`).
 
 Module names differ from the names they export (``gather.py`` defines ``patchify_gather``):
 importing a submodule sets a package attribute of the module's name, which would otherwise
@@ -13,12 +13,10 @@ shadow the function of the same name.
 
 from __future__ import annotations
 
-import ast
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the export table (see the module docstring)
+if TYPE_CHECKING:  # what editors and type checkers see of the lazy names below
     from .blend import mask_token_blend as mask_token_blend
     from .gather import patchify_gather as patchify_gather
     from .loss import masked_mse_loss as masked_mse_loss
@@ -32,20 +30,21 @@ if TYPE_CHECKING:  # the export table (see the module docstring)
     from .patches import unpatchify as unpatchify
     from .unshuffle import unshuffle_with_mask_token as unshuffle_with_mask_token
 
-
-def _read_exports() -> dict[str, str]:
-    """Public name -> submodule, from the imports of this file's ``if TYPE_CHECKING:`` block."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
-    return {
-        alias.asname or alias.name: node.module
-        for node in block.body
-        if isinstance(node, ast.ImportFrom) and node.module
-        for alias in node.names
-    }
-
-
-_EXPORTS = _read_exports()
+# public name -> module under fastmae.ops that defines it
+_EXPORTS: dict[str, str] = {
+    "MaskingResult": "masking",
+    "block_masking": "mask_generators",
+    "grid_masking": "mask_generators",
+    "mask_token_blend": "blend",
+    "masked_mse_loss": "loss",
+    "patchify": "patches",
+    "patchify_gather": "gather",
+    "random_masking": "masking",
+    "removed_ids": "loss",
+    "tube_masking": "mask_generators",
+    "unpatchify": "patches",
+    "unshuffle_with_mask_token": "unshuffle",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -16,17 +16,21 @@ op's type hints) and the library registers its CPU/CUDA implementations under th
 have no autograd of their own: the ``fastmae::`` op's autograd calls the ``fastmae::`` backward op,
 whose body picks its kernel the same way. An op without a native twin (``has_native=False``) runs Triton
 on CUDA and PyTorch on CPU when the native backend is asked for.
+
+Also here, as they depend on the same per-call environment: debug mode (``FASTMAE_DEBUG``: poisoned outputs,
+host-side id checks) and :func:`check_ids_values`, the functional APIs' one rule for id values.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from fastmae import _native
+from fastmae._validation import assert_id_values, check_id_values
 
 Backend = Literal["triton", "native", "torch"]
 BACKEND_CHOICES = ("auto", "triton", "native", "torch")
@@ -78,6 +82,16 @@ def kernel_for(tensor: torch.Tensor, *, has_native: bool = True) -> Backend:
     return "torch" if triton.knobs.runtime.interpret else backend
 
 
+def native_or_torch(tensor: torch.Tensor, name: str, torch_branch: Callable[..., Any]) -> Callable[..., Any] | None:
+    """Inside the body of ``fastmae::NAME``: the kernel that runs instead of the Triton launch for ``tensor``
+    (:func:`kernel_for`), the native library's ``fastmae_kernels::NAME`` or the op's PyTorch branch (called
+    with the op's arguments either way); None when the Triton kernels run."""
+    kernel = kernel_for(tensor)
+    if kernel == "triton":
+        return None
+    return getattr(torch.ops.fastmae_kernels, name) if kernel == "native" else torch_branch
+
+
 def define_native_kernel(op: torch._ops.OpOverloadPacket, fake: Callable[..., object]) -> None:
     """Declare ``fastmae_kernels::NAME`` with the schema of ``op`` (``fastmae::NAME``); ``fake`` (the op's
     PyTorch branch, same arguments) gives its shapes under tracing. The native library, once loaded,
@@ -103,3 +117,17 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 def debug_value_checks() -> bool:
     """Run the value checks (ids in range; a host sync): debug mode, in eager code only (they cannot be traced)."""
     return debug_checks_enabled() and not torch.compiler.is_compiling()
+
+
+def check_ids_values(ids: torch.Tensor, num_patches: int, name: str, *, validate: bool) -> None:
+    """The one rule for patch-id values at an op's functional API (every id in [0, L), none repeated in a row).
+
+    ``validate`` is False for ids fastmae's own masking made (valid by construction: the model's training
+    step passes them); those skip the device-side check. Ids a caller passes get :func:`assert_id_values`
+    (device-side assertions, no host sync). Debug mode, in eager code, checks every call on the host instead
+    (:func:`check_id_values`: a ValueError naming the offending index).
+    """
+    if debug_value_checks():
+        check_id_values(ids, num_patches, name)
+    elif validate:
+        assert_id_values(ids, num_patches, name)

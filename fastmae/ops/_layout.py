@@ -56,3 +56,24 @@ def grid_index(image_shape: Sequence[int], patch: Sequence[int], ids: torch.Tens
     grid_h, grid_w = height // ph, width // pw
     batch_index = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
     return batch_index, ids // (grid_w * grid_h), (ids // grid_w) % grid_h, ids % grid_w
+
+
+INT32_MAX = 2**31 - 1
+
+
+def max_patch_offset(strides: Sequence[int], patch: Sequence[int], chans: int) -> int:
+    """Largest offset of a patch element from the patch origin, for the (c, t, h, w) ``strides`` of a sample and
+    a (pt, ph, pw) patch: the kernels address inside a patch in int32 when it is at most INT32_MAX."""
+    sc, st, sh, sw = (abs(s) for s in strides)
+    pt, ph, pw = patch
+    return (chans - 1) * sc + (pt - 1) * st + (ph - 1) * sh + (pw - 1) * sw
+
+
+def stride_alignment(*strides: int) -> int:
+    """The largest power of 2 up to 16 dividing every stride: row origins built from them are multiples of it,
+    which the kernels tell the compiler (tl.multiple_of) so that rows whose length is not a multiple of 16
+    (ViT-H/14's 588) still load and store in vectors."""
+    align = 16
+    while any(stride % align for stride in strides):
+        align //= 2
+    return align

@@ -29,26 +29,34 @@ def narrow_fp32(value, DST: tl.constexpr):
 
 
 @triton.jit
-def patch_element_offset(
-    patch, elem, grid_h, grid_w, stride_c, stride_t, stride_h, stride_w,
-    PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, CHANS: tl.constexpr,
+def patch_origin(
+    patch, grid_h, grid_w, stride_t, stride_h, stride_w, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
 ):  # fmt: skip
-    """Offset inside one sample of element ``elem`` of patch ``patch`` (int64 tensors that broadcast).
+    """Offset inside one sample of the first element of patch ``patch`` (an int64 tensor: the sample may hold
+    more than 2^31 elements).
 
     Patches (tubelets) are numbered row-major over the (T, H, W) grid, patch = (pt_i * grid_h + ph_i) * grid_w
-    + pw_i, and a patch's elements channel last, elem = ((ti * PH + i) * PW + j) * CHANS + c: the official
-    ``patchify`` order. Strides are the sample's (C, T, H, W) strides (an image has T = PT = 1).
+    + pw_i; strides are the sample's (T, H, W) strides (an image has T = PT = 1).
+    """
+    patch_w = patch % grid_w
+    patch_h = (patch // grid_w) % grid_h
+    patch_t = patch // (grid_w * grid_h)
+    return patch_t * (PT * stride_t) + patch_h * (PH * stride_h) + patch_w * (PW * stride_w)
+
+
+@triton.jit
+def element_offset(
+    elem, stride_c, stride_t, stride_h, stride_w,
+    PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, CHANS: tl.constexpr,
+):  # fmt: skip
+    """Offset of element ``elem`` of a patch from the patch origin, in elem's integer type (int32 when the
+    launcher has checked that the patch's extent fits).
+
+    A patch's elements are channel last, elem = ((ti * PH + i) * PW + j) * CHANS + c: the official ``patchify``
+    order; the divisions are by constants.
     """
     chan = elem % CHANS
     col = (elem // CHANS) % PW
     line = (elem // (CHANS * PW)) % PH
     frame = elem // (CHANS * PW * PH)
-    patch_w = patch % grid_w
-    patch_h = (patch // grid_w) % grid_h
-    patch_t = patch // (grid_w * grid_h)
-    return (
-        chan * stride_c
-        + (patch_t * PT + frame) * stride_t
-        + (patch_h * PH + line) * stride_h
-        + (patch_w * PW + col) * stride_w
-    )
+    return chan * stride_c + frame * stride_t + line * stride_h + col * stride_w

@@ -23,10 +23,11 @@ Which rows of ``pred`` count, and with what weight (w_b = sample_weight[b], 1 wh
 loss = sum_{b,l} weight(b,l) * mean_d (pred - target)^2 / sum_{b,l} weight(b,l); with w = 1 this is exactly
 the spec's sum(loss * mask) / sum(mask).
 
-Kernels: one program per (sample, block of BLOCK_R pred rows) holds a (BLOCK_R, BLOCK_D) tile in registers,
-BLOCK_D the power of 2 >= D. It loads the pred rows, builds the target rows from the image pixels (or the
-explicit target rows), normalises them per patch when ``norm_pix``, and writes one float32 partial sum per
-program (no float atomics, so the loss is deterministic); torch adds the (B, R/BLOCK_R) partials. The
+Kernels: one program per (sample, block of BLOCK_R pred rows) walks its rows in (BLOCK_R, BLOCK_D) column
+tiles (BLOCK_D at most 256). It loads the pred rows, builds the target rows from the image pixels (or the
+explicit target rows), normalises them per patch when ``norm_pix`` (row statistics in a first pass over the
+tiles), and writes one float32 partial sum per program (no float atomics, so the loss is deterministic);
+torch adds the (B, R/BLOCK_R) partials. The
 backward recomputes the target the same way and writes grad_pred (and the source gradient) directly; nothing
 larger than the partials is allocated besides the gradients themselves.
 """
@@ -42,16 +43,24 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import FLOAT_DTYPES, check_float, check_id_values, check_patch_batch, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
-from fastmae.ops._layout import as_video, patch_grid_view, patch_rows, video_strides
-from fastmae.ops._triton_helpers import narrow_fp32, patch_element_offset
+from fastmae._validation import FLOAT_DTYPES, check_float, check_patch_batch, check_tensor, same_device
+from fastmae.ops._backend import check_ids_values, define_native_kernel, native_or_torch, new_output
+from fastmae.ops._layout import (
+    INT32_MAX,
+    as_video,
+    max_patch_offset,
+    patch_grid_view,
+    patch_rows,
+    stride_alignment,
+    video_strides,
+)
+from fastmae.ops._triton_helpers import element_offset, narrow_fp32, patch_origin
 
 __all__ = ["masked_mse_loss", "removed_ids"]
 
 DEFAULT_EPS = 1e-6
-_TILE_ELEMENTS = 4096  # BLOCK_R * BLOCK_D per program: a 4 x 1024 fp32 tile for ViT-B/L patches
-_MAX_BLOCK_D = 16384  # a whole row lives in registers (a video tubelet 2x16x16x3 is 1536)
+_TILE_ELEMENTS = 1024  # BLOCK_R * BLOCK_D per column tile: 8 fp32 elements per thread of 4 warps
+_MAX_BLOCK_D = 256  # widest column tile; longer rows loop over tiles
 
 
 # --------------------------------------------------------------------------------------
@@ -221,62 +230,109 @@ def _source_strides(lay: _Layout, source: torch.Tensor) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------
 # Triton kernels
 # --------------------------------------------------------------------------------------
+# Mutation analysis: torch clones every kernel argument it believes a kernel writes, found by walking back
+# from each store's address through the ops that made it; a helper call counts as making its results from
+# all of its arguments. So no helper that takes a pointer returns anything an address is built from: row
+# origins and in-row offsets come from pointer-free helpers, and the ids are loaded in the kernel bodies.
 @triton.jit
-def _source_offsets(
-    b, patch, cols, sb, sc, st, sh, sw, GRID_H, GRID_W,
-    PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-):
-    """int64 offsets (BLOCK_R, BLOCK_D) of target elements: patch (BLOCK_R,) int64, cols (BLOCK_D,) int32."""
-    cols64 = cols.to(tl.int64)
-    if PIXELS:
-        offsets = b * sb + patch_element_offset(
-            patch[:, None], cols64[None, :], GRID_H, GRID_W, sc, st, sh, sw, PT, PH, PW, C
-        )
-    else:
-        offsets = b * sb + patch[:, None] * sw + cols64[None, :] * sc
-    return offsets
-
-
-@triton.jit
-def _load_tile(
-    pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-    b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
-    HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
-    PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """Shared prologue: pred rows, target rows (normalised when NORM_PIX) and row weights, all float32."""
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < R
-    rows64 = rows.to(tl.int64)
-    if HAS_IDS:
-        patch = tl.load(ids_ptr + b * si_b + rows64 * si_r, mask=row_ok, other=0).to(tl.int64)
-    else:
-        patch = rows64
+def _row_weight(mask_ptr, weight_ptr, b, L, patch, row_ok, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """float32 (BLOCK_R,) weight of each pred row: mask[b, patch] (or 1) times sample_weight[b] (or 1)."""
     if HAS_MASK:
         weight = tl.load(mask_ptr + b * L + patch, mask=row_ok, other=0).to(tl.float32)
     else:
         weight = tl.where(row_ok, 1.0, 0.0)
     if HAS_WEIGHT:
         weight = weight * tl.load(weight_ptr + b).to(tl.float32)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    # rows of weight 0 (kept patches under a mask) are not read at all
-    tile_ok = (row_ok & (weight != 0.0))[:, None] & col_ok[None, :]
-    pred = tl.load(
-        pred_ptr + b * sp_b + rows64[:, None] * sp_r + cols.to(tl.int64)[None, :] * sp_d, mask=tile_ok, other=0.0
-    ).to(tl.float32)
-    src_offsets = _source_offsets(b, patch, cols, sb, sc, st, sh, sw, GRID_H, GRID_W, PIXELS, C, PT, PH, PW)
-    tgt = tl.load(src_ptr + src_offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    return weight
+
+
+@triton.jit
+def _source_rows(
+    b, patch, sb, st, sh, sw, GRID_H, GRID_W,
+    PIXELS: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+):  # fmt: skip
+    """int64 (BLOCK_R,) offset of each target row's first element: the patch origin in the image, or row
+    ``patch`` of an explicit target."""
+    if PIXELS:
+        return b * sb + patch_origin(patch, GRID_H, GRID_W, st, sh, sw, PT, PH, PW)
+    else:
+        return b * sb + patch * sw
+
+
+@triton.jit
+def _columns(d0, BLOCK_D: tl.constexpr, WIDE: tl.constexpr):
+    """Columns [d0, d0 + BLOCK_D) of a row: int32, int64 when WIDE (an in-row extent past 2^31)."""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    if WIDE:
+        cols = cols.to(tl.int64)
+    return cols
+
+
+@triton.jit
+def _source_columns(
+    cols, sc, st, sh, sw, PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
+    PW: tl.constexpr,
+):  # fmt: skip
+    """Offsets of target elements ``cols`` from their row's first element (cols' integer type)."""
+    if PIXELS:
+        return element_offset(cols, sc, st, sh, sw, PT, PH, PW, C)
+    else:
+        return cols * sc
+
+
+@triton.jit
+def _load_target(
+    src_ptr, src_rows, cols, ok, sc, st, sh, sw,
+    PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+):  # fmt: skip
+    """float32 (BLOCK_R, BLOCK_D) target tile (0 outside ``ok``)."""
+    inner = _source_columns(cols, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
+    return tl.load((src_ptr + src_rows)[:, None] + inner[None, :], mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_stats(
+    src_ptr, src_rows, live, D, sc, st, sh, sw, eps,
+    PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr, WIDE: tl.constexpr,
+):  # fmt: skip
+    """Each target row's first element t0, the mean of t - t0 and 1 / sqrt(unbiased variance + eps), (BLOCK_R,)
+    each, in one pass over its column tiles: each tile's mean and centred sum of squares, merged with Chan's
+    update (as stable as two passes). Shifting by t0 makes the sums scale with the row's spread, not its level
+    (a bright, flat patch keeps its precision); t - t0 is exact for elements within 2x of t0."""
+    shift = tl.load(src_ptr + src_rows, mask=live, other=0.0).to(tl.float32)
+    mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    count = 0.0
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
+        cols = _columns(d0, BLOCK_D, WIDE)
+        ok = live[:, None] & (cols < D)[None, :]
+        tgt = _load_target(src_ptr, src_rows, cols, ok, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
+        tgt = tl.where(ok, tgt - shift[:, None], 0.0)
+        n = tl.minimum(D - d0, BLOCK_D).to(tl.float32)
+        tile_mean = tl.sum(tgt, axis=1) / n
+        dev = tl.where(ok, tgt - tile_mean[:, None], 0.0)
+        total = count + n
+        delta = tile_mean - mean
+        mean = mean + delta * (n / total)
+        m2 = m2 + tl.sum(dev * dev, axis=1) + delta * delta * (count * n / total)
+        count = total
+    return shift, mean, 1.0 / tl.sqrt(m2 / (D - 1) + eps)
+
+
+@triton.jit
+def _tile_diff(
+    pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift, mean, rstd,
+    NORM_PIX: tl.constexpr, PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
+    PW: tl.constexpr,
+):  # fmt: skip
+    """float32 (BLOCK_R, BLOCK_D) pred - target and the (normalised) target on one column tile, 0 outside ok."""
+    pred = tl.load((pred_ptr + pred_rows)[:, None] + (cols * sp_d)[None, :], mask=ok, other=0.0).to(tl.float32)
+    tgt = _load_target(src_ptr, src_rows, cols, ok, sc, st, sh, sw, PIXELS, C, PT, PH, PW)
     if NORM_PIX:
-        mean = tl.sum(tgt, axis=1) / D
-        centred = tl.where(tile_ok, tgt - mean[:, None], 0.0)
-        var = tl.sum(centred * centred, axis=1) / (D - 1)
-        rstd = 1.0 / tl.sqrt(var + eps)
-        tgt = centred * rstd[:, None]
-    diff = tl.where(tile_ok, pred - tgt, 0.0)
-    return rows64, row_ok, col_ok, tile_ok, patch, weight, tgt, rstd, diff
+        tgt = tl.where(ok, ((tgt - shift[:, None]) - mean[:, None]) * rstd[:, None], 0.0)
+    return tl.where(ok, pred - tgt, 0.0), tgt
 
 
 @triton.jit
@@ -285,18 +341,39 @@ def _loss_fwd_kernel(
     R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr, WIDE: tl.constexpr,
+    PRED_ALIGN: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
+    if PIXELS:
+        D = PT * PH * PW * C  # a constant: its alignment (and pred's, PRED_ALIGN) lets pred loads vectorise
+    b = tl.program_id(0).to(tl.int64)
     pid_r = tl.program_id(1)
-    b = pid_b.to(tl.int64)
-    _, row_ok, _, _, _, weight, _, _, diff = _load_tile(
-        pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-        b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
-        HAS_IDS, HAS_MASK, HAS_WEIGHT, NORM_PIX, PIXELS, C, PT, PH, PW, BLOCK_R, BLOCK_D,
-    )
-    row_mse = tl.sum(diff * diff, axis=1) / D
-    partial = tl.sum(tl.where(row_ok, row_mse * weight, 0.0), axis=0)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    if HAS_IDS:
+        patch = tl.load(ids_ptr + b * si_b + rows64 * si_r, mask=row_ok, other=0).to(tl.int64)
+    else:
+        patch = rows64
+    weight = _row_weight(mask_ptr, weight_ptr, b, L, patch, row_ok, HAS_MASK, HAS_WEIGHT)
+    live = row_ok & (weight != 0.0)  # rows of weight 0 (kept patches under a mask) are not read at all
+    pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
+    src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
+    shift = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    if NORM_PIX:
+        shift, mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
+                                       BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
+    sq_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
+        cols = _columns(d0, BLOCK_D, WIDE)
+        ok = live[:, None] & (cols < D)[None, :]
+        diff, _ = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift, mean,
+                             rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+        sq_sum += tl.sum(diff * diff, axis=1)
+    partial = tl.sum(tl.where(row_ok, sq_sum / D * weight, 0.0), axis=0)
     tl.store(partial_ptr + b * tl.num_programs(1) + pid_r, partial)
 
 
@@ -306,41 +383,88 @@ def _loss_bwd_kernel(
     R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, gb, gc, gt, gh, gw, GRID_H, GRID_W, eps,
     HAS_IDS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WEIGHT: tl.constexpr, NORM_PIX: tl.constexpr,
     PIXELS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    SOURCE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, NUM_TILES: tl.constexpr,
+    WIDE: tl.constexpr, PRED_ALIGN: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_r = tl.program_id(1)
-    b = pid_b.to(tl.int64)
-    rows64, row_ok, col_ok, _, patch, weight, tgt, rstd, diff = _load_tile(
-        pred_ptr, src_ptr, ids_ptr, mask_ptr, weight_ptr,
-        b, pid_r, R, L, D, sp_b, sp_r, sp_d, si_b, si_r, sb, sc, st, sh, sw, GRID_H, GRID_W, eps,
-        HAS_IDS, HAS_MASK, HAS_WEIGHT, NORM_PIX, PIXELS, C, PT, PH, PW, BLOCK_R, BLOCK_D,
-    )
+    if PIXELS:
+        D = PT * PH * PW * C
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    if HAS_IDS:
+        patch = tl.load(ids_ptr + b * si_b + rows64 * si_r, mask=row_ok, other=0).to(tl.int64)
+    else:
+        patch = rows64
+    weight = _row_weight(mask_ptr, weight_ptr, b, L, patch, row_ok, HAS_MASK, HAS_WEIGHT)
+    live = row_ok & (weight != 0.0)
+    pred_rows = tl.multiple_of(b * sp_b + rows64 * sp_r, PRED_ALIGN)
+    src_rows = _source_rows(b, patch, sb, st, sh, sw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
+    shift = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    mean = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    rstd = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    if NORM_PIX:
+        shift, mean, rstd = _row_stats(src_ptr, src_rows, live, D, sc, st, sh, sw, eps, PIXELS, C, PT, PH, PW,
+                                       BLOCK_R, BLOCK_D, NUM_TILES, WIDE)  # fmt: skip
     # coef = 2 * grad_loss / (D * sum of weights), computed on device: no host sync
     row_scale = tl.load(coef_ptr) * weight
-    grad = diff * row_scale[:, None]
-    store_ok = row_ok[:, None] & col_ok[None, :]  # weight-0 rows get zeros
-    cols = tl.arange(0, BLOCK_D)
-    grad_offsets = (b * R + rows64)[:, None] * D + cols.to(tl.int64)[None, :]
-    tl.store(grad_pred_ptr + grad_offsets, narrow_fp32(grad, grad_pred_ptr.dtype.element_ty), mask=store_ok)
-    if SOURCE_GRAD:
-        grad_tgt = -grad
-        if NORM_PIX:
-            # through t_hat = (t - mean) * rstd with the unbiased variance
-            grad_sum = tl.sum(grad_tgt, axis=1)
-            grad_dot = tl.sum(grad_tgt * tgt, axis=1)
-            grad_tgt = (grad_tgt - grad_sum[:, None] / D - tgt * (grad_dot / (D - 1))[:, None]) * rstd[:, None]
-        src_offsets = _source_offsets(b, patch, cols, gb, gc, gt, gh, gw, GRID_H, GRID_W, PIXELS, C, PT, PH, PW)
-        tl.store(grad_src_ptr + src_offsets, narrow_fp32(grad_tgt, grad_src_ptr.dtype.element_ty), mask=store_ok)
+    grad_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    grad_dot = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    if SOURCE_GRAD and NORM_PIX:
+        # the row sums of the target gradient the normalisation's backward needs, one pass ahead
+        for tile in range(NUM_TILES):
+            d0 = tile * BLOCK_D
+            cols = _columns(d0, BLOCK_D, WIDE)
+            ok = live[:, None] & (cols < D)[None, :]
+            diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift,
+                                   mean, rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+            grad_tgt = -(diff * row_scale[:, None])
+            grad_sum += tl.sum(grad_tgt, axis=1)
+            grad_dot += tl.sum(grad_tgt * tgt, axis=1)
+    grad_pred_rows = grad_pred_ptr + (b * R + rows64) * D
+    grad_src_rows = grad_src_ptr + _source_rows(b, patch, gb, gt, gh, gw, GRID_H, GRID_W, PIXELS, PT, PH, PW)
+    for tile in range(NUM_TILES):
+        d0 = tile * BLOCK_D
+        cols = _columns(d0, BLOCK_D, WIDE)
+        col_ok = cols < D
+        ok = live[:, None] & col_ok[None, :]
+        store_ok = row_ok[:, None] & col_ok[None, :]  # weight-0 rows get zeros
+        diff, tgt = _tile_diff(pred_ptr, src_ptr, pred_rows, src_rows, cols, ok, sp_d, sc, st, sh, sw, shift,
+                               mean, rstd, NORM_PIX, PIXELS, C, PT, PH, PW)  # fmt: skip
+        grad = diff * row_scale[:, None]
+        tl.store(grad_pred_rows[:, None] + cols[None, :], narrow_fp32(grad, grad_pred_ptr.dtype.element_ty),
+                 mask=store_ok)  # fmt: skip
+        if SOURCE_GRAD:
+            grad_tgt = -grad
+            if NORM_PIX:
+                # through t_hat = (t - mean) * rstd with the unbiased variance
+                grad_tgt = (grad_tgt - grad_sum[:, None] / D - tgt * (grad_dot / (D - 1))[:, None]) * rstd[:, None]
+            inner = _source_columns(cols, gc, gt, gh, gw, PIXELS, C, PT, PH, PW)
+            tl.store(grad_src_rows[:, None] + inner[None, :], narrow_fp32(grad_tgt, grad_src_ptr.dtype.element_ty),
+                     mask=store_ok)  # fmt: skip
 
 
 def _blocks(lay: _Layout) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D): a power of 2 >= D wide, about _TILE_ELEMENTS elements per program."""
+    """(BLOCK_R, BLOCK_D): column tiles of BLOCK_D, the whole row when it fits 256, else 256 or 128, whichever
+    pads the row least (ViT-B/L's 768 = 3 x 256, ViT-H's 588 in 5 x 128); about _TILE_ELEMENTS per tile."""
     block_d = triton.next_power_of_2(lay.dim)
     if block_d > _MAX_BLOCK_D:
-        raise ValueError(f"pred last dim D = {lay.dim} is larger than the kernels' one-tile limit {_MAX_BLOCK_D}")
+        widths = (_MAX_BLOCK_D, _MAX_BLOCK_D // 2)
+        block_d = min(widths, key=lambda width: (triton.cdiv(lay.dim, width) * width, -width))
     block_r = max(1, min(triton.next_power_of_2(lay.rows), _TILE_ELEMENTS // block_d))
     return block_r, block_d
+
+
+def _wide(lay: _Layout, pred: torch.Tensor, strides: Sequence[Sequence[int]]) -> bool:
+    """Whether an in-row offset can pass int32 (pred's row, or a target row under any of ``strides``, the
+    (b, c, t, h, w) strides of the source and of its gradient): then the kernels address columns in int64."""
+    extents = [(lay.dim - 1) * abs(pred.stride(2))]
+    for _, sc, st, sh, sw in strides:
+        if lay.pixels:
+            extents.append(max_patch_offset((sc, st, sh, sw), lay.patch, lay.chans))
+        else:
+            extents.append((lay.dim - 1) * abs(sc))
+    return max(extents) > INT32_MAX
 
 
 def _launch(
@@ -360,16 +484,19 @@ def _launch(
     mask_f, weight_f = row_inputs
     block_r, block_d = _blocks(lay)
     grid = (lay.batch, triton.cdiv(lay.rows, block_r))
+    source_strides = _source_strides(lay, source)
+    wide = _wide(lay, pred, [source_strides, *([output_strides] if output_strides else [])])
     # an absent optional input is replaced by pred: its load is compiled out by the HAS_* constexpr
     wrap_triton(kernel)[grid](
         pred, source, pred if ids is None else ids, pred if mask_f is None else mask_f,
         pred if weight_f is None else weight_f, *outputs,
         lay.rows, lay.num_patches, lay.dim, *pred.stride(), *(ids.stride() if ids is not None else (0, 0)),
-        *_source_strides(lay, source), *output_strides,
+        *source_strides, *output_strides,
         lay.grid[1], lay.grid[2], float(eps),
         HAS_IDS=ids is not None, HAS_MASK=mask_f is not None, HAS_WEIGHT=weight_f is not None,
         PIXELS=lay.pixels, C=lay.chans, PT=lay.patch[0], PH=lay.patch[1], PW=lay.patch[2],
-        BLOCK_R=block_r, BLOCK_D=block_d, **consts,
+        BLOCK_R=block_r, BLOCK_D=block_d, NUM_TILES=triton.cdiv(lay.dim, block_d), WIDE=wide,
+        PRED_ALIGN=stride_alignment(pred.stride(0), pred.stride(1)), **consts,
     )
 
 
@@ -481,12 +608,9 @@ def _masked_mse_loss_op(
     target: torch.Tensor | None, sample_weight: torch.Tensor | None, patch_size: list[int], norm_pix: bool,
     eps: float,
 ) -> torch.Tensor:  # fmt: skip
-    args = (pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps)
-    kernel = kernel_for(pred)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.masked_mse_loss(*args)
-    if kernel == "torch":
-        return _loss_torch(*args)
+    kernel = native_or_torch(pred, "masked_mse_loss", _loss_torch)
+    if kernel is not None:
+        return kernel(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps)
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
     block_r, _ = _blocks(lay)
     partials = new_output((lay.batch, triton.cdiv(lay.rows, block_r)), torch.float32, pred.device)
@@ -504,12 +628,11 @@ def _masked_mse_loss_backward_op(
     mask: torch.Tensor | None, target: torch.Tensor | None, sample_weight: torch.Tensor | None,
     patch_size: list[int], norm_pix: bool, eps: float, source_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    args = (grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad)
-    kernel = kernel_for(pred)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.masked_mse_loss_backward(*args)
-    if kernel == "torch":
-        return _loss_backward_torch(*args)
+    kernel = native_or_torch(pred, "masked_mse_loss_backward", _loss_backward_torch)
+    if kernel is not None:
+        return kernel(
+            grad_loss, pred, imgs, ids_removed, mask, target, sample_weight, patch_size, norm_pix, eps, source_grad
+        )
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size or 1, norm_pix)
     source = imgs if imgs is not None else target
     coef, grad_pred, grad_source = _backward_buffers(lay, grad_loss, pred, source, mask, sample_weight, source_grad)
@@ -549,13 +672,15 @@ def _backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, .
 _masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def removed_ids(ids_restore: torch.Tensor, num_keep: int) -> torch.Tensor:
+def removed_ids(ids_restore: torch.Tensor, num_keep: int, *, validate_ids: bool = True) -> torch.Tensor:
     """The removed patches ``ids_shuffle[:, K:]`` (B, L-K) int64 from a masking's ``ids_restore`` (B, L) and K,
     in the order a removed-only pred's rows come: one O(B*L) scatter inverts the permutation (no sort).
 
     For callers that hold only ids_restore: ``masked_mse_loss`` calls it once when given ids_restore with a
     removed-only pred. The model passes ``ids_removed=ids_shuffle[:, K:]``, which it holds anyway. A caller
-    with only a (B, L) mask passes the full pred with ``mask=`` instead.
+    with only a (B, L) mask passes the full pred with ``mask=`` instead. validate_ids: assert on the device
+    (no host sync) that the rows of ids_restore are permutations of [0, L) (else the inverse would hold
+    unwritten entries); False skips it for ids fastmae's masking made.
     """
     check_tensor(ids_restore, "ids_restore")
     if ids_restore.dim() != 2 or ids_restore.dtype not in (torch.int64, torch.int32):
@@ -564,6 +689,7 @@ def removed_ids(ids_restore: torch.Tensor, num_keep: int) -> torch.Tensor:
     batch, length = ids_restore.shape
     if isinstance(num_keep, bool) or not isinstance(num_keep, int) or not 0 <= num_keep < length:
         raise ValueError(f"num_keep must be an int in [0, L) = [0, {length}), got {num_keep!r}")
+    check_ids_values(ids_restore, length, "ids_restore", validate=validate_ids)
     positions = torch.arange(length, device=ids_restore.device).expand(batch, length)
     ids_shuffle = torch.empty((batch, length), dtype=torch.int64, device=ids_restore.device)
     ids_shuffle = ids_shuffle.scatter(1, ids_restore.long(), positions)
@@ -586,6 +712,7 @@ def masked_mse_loss(
     num_keep: int | None = None,
     sample_weight: torch.Tensor | None = None,
     ids_removed: torch.Tensor | None = None,
+    validate_ids: bool = True,
 ) -> torch.Tensor:
     """The MAE loss: mean over removed patches of the per-patch mean squared error; a float32 scalar.
 
@@ -611,8 +738,9 @@ def masked_mse_loss(
 
     Gradients flow to pred and, when it requires grad, to imgs or target (through norm_pix too); mask,
     the ids and sample_weight get none (an error is raised if mask or sample_weight requires grad).
-    FASTMAE_DEBUG=1 checks that ids_restore holds permutations of 0..L-1, and ids_removed distinct patches of
-    0..L-1 per row (a host sync).
+    validate_ids: assert on the device (no host sync) that ids_restore holds permutations of 0..L-1 and
+    ids_removed distinct patches of 0..L-1 per row: a RuntimeError naming the argument otherwise. Pass False
+    only for ids fastmae's masking made (the model does). FASTMAE_DEBUG=1 checks on the host instead.
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
@@ -626,14 +754,13 @@ def masked_mse_loss(
             raise ValueError("num_keep goes with ids_restore (and a full pred), not with mask or ids_removed")
     lay = _layout(pred, imgs, ids_removed, mask, target, sample_weight, patch_size, bool(norm_pix),
                   full_pred_keep=num_keep, ids_restore=ids_restore)  # fmt: skip
-    if debug_value_checks():
-        for name, ids in (("ids_restore", ids_restore), ("ids_removed", ids_removed)):
-            if ids is not None:
-                check_id_values(ids, lay.num_patches, name)
+    for name, ids in (("ids_restore", ids_restore), ("ids_removed", ids_removed)):
+        if ids is not None:
+            check_ids_values(ids, lay.num_patches, name, validate=validate_ids)
     if num_keep is not None:
         mask = ids_restore >= num_keep  # O(B*L): the spec's mask
     elif ids_restore is not None:
-        ids_removed = removed_ids(ids_restore, lay.num_patches - lay.rows)
+        ids_removed = removed_ids(ids_restore, lay.num_patches - lay.rows, validate_ids=False)  # checked above
     patch = [] if imgs is None else list(lay.patch if imgs.dim() == 5 else lay.patch[1:])
     return torch.ops.fastmae.masked_mse_loss(
         pred, imgs, ids_removed, mask, target, sample_weight, patch, bool(norm_pix), float(eps)

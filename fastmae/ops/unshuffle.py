@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from fastmae._validation import check_float, check_id_values, check_tensor, same_device
-from fastmae.ops._backend import debug_value_checks, define_native_kernel, kernel_for, new_output
+from fastmae._validation import check_float, check_tensor, same_device
+from fastmae.ops._backend import check_ids_values, define_native_kernel, native_or_torch, new_output
 from fastmae.ops._triton_helpers import narrow_fp32
 
 _FWD_BLOCK_ROWS = 16
@@ -201,11 +201,9 @@ def _unshuffle_torch(
 def _unshuffle_op(
     x_vis: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor | None
 ) -> torch.Tensor:
-    kernel = kernel_for(x_vis)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)
-    if kernel == "torch":
-        return _unshuffle_torch(x_vis, mask_token, ids_restore, pos_embed)
+    kernel = native_or_torch(x_vis, "unshuffle_with_mask_token", _unshuffle_torch)
+    if kernel is not None:
+        return kernel(x_vis, mask_token, ids_restore, pos_embed)
     batch, length = ids_restore.shape
     out = new_output((batch, 1 + length, x_vis.shape[2]), _output_dtype(x_vis, pos_embed), x_vis.device)
     _launch_forward(x_vis, mask_token, ids_restore, pos_embed, out)
@@ -263,12 +261,9 @@ def _unshuffle_backward_op(
     pos_embed_dtype: torch.dtype | None,
     needs_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (grad_out, ids_restore, num_visible, x_vis_dtype, mask_token_dtype, pos_embed_dtype, needs_grad)
-    kernel = kernel_for(grad_out)
-    if kernel == "native":
-        return torch.ops.fastmae_kernels.unshuffle_with_mask_token_backward(*args)
-    if kernel == "torch":
-        return _unshuffle_backward_torch(*args)
+    kernel = native_or_torch(grad_out, "unshuffle_with_mask_token_backward", _unshuffle_backward_torch)
+    if kernel is not None:
+        return kernel(grad_out, ids_restore, num_visible, x_vis_dtype, mask_token_dtype, pos_embed_dtype, needs_grad)
     batch, num_rows, width = grad_out.shape
     device = grad_out.device
     need_x, need_mask, need_pos = needs_grad[0], needs_grad[1], needs_grad[2] and pos_embed_dtype is not None
@@ -356,15 +351,19 @@ def unshuffle_with_mask_token(
     mask_token: torch.Tensor,
     ids_restore: torch.Tensor,
     pos_embed: torch.Tensor | None = None,
+    *,
+    validate_ids: bool = True,
 ) -> torch.Tensor:
     """Put visible tokens back at their patch positions, the mask token elsewhere, and add the pos embed.
 
     x_vis (B, 1+K, d): the cls row, then the K kept tokens in shuffled order (the encoder's output after
     decoder_embed). mask_token (1, 1, d). ids_restore (B, L) int64, the inverse of the masking shuffle.
-    pos_embed (1, 1+L, d) or None. Returns (B, 1+L, d) in PyTorch's promotion of x_vis and pos_embed
-    dtypes. Differentiable in x_vis, mask_token and pos_embed.
+    pos_embed (1, 1+L, d) or None. validate_ids: assert on the device (no host sync) that every row of
+    ids_restore is a permutation of [0, L): a RuntimeError naming ids_restore otherwise; pass False only for
+    ids fastmae's masking made (the model does). FASTMAE_DEBUG=1 checks on the host instead.
+    Returns (B, 1+L, d) in PyTorch's promotion of x_vis and pos_embed dtypes. Differentiable in x_vis,
+    mask_token and pos_embed.
     """
     _check_inputs(x_vis, mask_token, ids_restore, pos_embed)
-    if debug_value_checks():
-        check_id_values(ids_restore, ids_restore.shape[1], "ids_restore")
+    check_ids_values(ids_restore, ids_restore.shape[1], "ids_restore", validate=validate_ids)
     return torch.ops.fastmae.unshuffle_with_mask_token(x_vis, mask_token, ids_restore, pos_embed)

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="selective: keep matmul/attention outputs, recompute LayerNorm, GELU and casts in "
                            "backward (0.57x the activations of none for ViT-L bf16; see docs/memory.md)")
     ours.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard per block (with torchrun)")
+    ours.add_argument("--dist_timeout", type=float, default=600,
+                      help="seconds a rank waits in a collective for the others before the run stops with an error "
+                           "(a rank died or hung); keep it above the longest checkpoint save or first compile")
     ours.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps in total")
     ours.add_argument("--log_every", type=int, default=20, help="read loss/metrics every N optimizer steps")
     ours.add_argument("--save_every", type=int, default=0, help="checkpoint every N optimizer steps (0: per epoch)")
@@ -141,6 +144,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--max_steps must be >= 1, got {args.max_steps}")
     if not 0.0 < args.mask_ratio < 1.0:
         raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+    if not args.dist_timeout > 0:
+        raise ValueError(f"--dist_timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.warmup_epochs < 0:
         raise ValueError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
     return args

@@ -27,7 +27,16 @@ from fastmae.train import official
 from fastmae.train.args import Settings, describe, parse_args, resolve
 from fastmae.train.batches import BatchSource, build_batches
 from fastmae.train.config import save_config, saved_flags
-from fastmae.train.distributed import World, barrier, init_distributed, process_device, shutdown, wrap_model
+from fastmae.train.distributed import (
+    ProcessGroupError,
+    World,
+    barrier,
+    collective_failures,
+    init_distributed,
+    process_device,
+    shutdown,
+    wrap_model,
+)
 from fastmae.train.lock import own_output_dir
 from fastmae.train.loop import Position, StepLoop, finite_mean, schedule_length
 from fastmae.train.modeling import build_model, default_img_size, unwrap
@@ -266,9 +275,9 @@ def train(args: argparse.Namespace) -> TrainResult:
     """Run ``fastmae pretrain`` with parsed flags (the Python API, :func:`fastmae.train.api.pretrain`, wraps this)."""
     official.apply_launcher_flags(args)
     world = init_distributed("cuda" if (args.device or "").startswith("cuda") or
-                             (args.device is None and torch.cuda.is_available()) else "cpu")
+                             (args.device is None and torch.cuda.is_available()) else "cpu", args.dist_timeout)
     try:
-        with own_output_dir(args.output_dir, world):
+        with collective_failures(world, args.dist_timeout), own_output_dir(args.output_dir, world):
             return Trainer(args, world).run()
     finally:
         shutdown(world)
@@ -282,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FastmaeUserError) as error:
         print(f"fastmae pretrain: error: {one_line(error)}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, ProcessGroupError) as error:
         print(f"fastmae pretrain: stopped: {error}", file=sys.stderr)
         return 1
     return result.exit_code
