@@ -1,4 +1,4 @@
-"""The DALI backend: ``fn.readers.file`` -> ``image_random_crop`` -> cubic resize -> flip + normalise.
+"""The DALI backend: ``fn.readers.file`` -> ``image_random_crop`` -> cubic resize [-> RandAugment] -> flip + normalise.
 
 On a CUDA training device the decoder runs as ``device="mixed"`` (nvJPEG; ``hw_decoder_load`` of
 the JPEGs go to the hardware decoder of A100/H100) and everything after it on the GPU. Otherwise
@@ -60,6 +60,7 @@ def build_pipeline(
         device_id=(config.device.index or 0) if on_gpu else None,
         seed=seed,
         prefetch_queue_depth=config.prefetch,
+        enable_conditionals=config.rand_augment is not None,  # auto_aug picks an operation per sample
     )
     def mae_pipeline():
         jpegs, label = fn.readers.file(files=paths, labels=labels, random_shuffle=False, name="Reader")
@@ -76,6 +77,10 @@ def build_pipeline(
         images = fn.resize(
             images, resize_x=width, resize_y=height, interp_type=types.INTERP_CUBIC, antialias=True
         )
+        if config.rand_augment is not None:
+            from fastmae.eval.dali_randaugment import rand_augment
+
+            images = rand_augment(images, config.rand_augment, (height, width))
         images = fn.crop_mirror_normalize(
             images,
             dtype=types.FLOAT,

@@ -46,7 +46,7 @@ class LoaderConfig:
     prefetch: int
     skip_bad: bool = False
     pin_memory: bool | None = None  # None: pin when the device is CUDA (torch backend)
-    rand_augment: tuple[int, float, float] | None = None  # (ops, magnitude, magnitude std); torch backend only
+    rand_augment: tuple[int, float, float] | None = None  # (ops, magnitude, magnitude std)
 
 
 class EpochLoader:

@@ -90,7 +90,8 @@ def build_loader(
         (MAE: (0.2, 1.0), (3/4, 4/3), 0.5).
     hw_decoder_load: DALI on GPU only: share of JPEGs sent to the hardware decoder (A100/H100).
     rand_augment: a RandAugment policy applied after the crop and flip (fine-tuning: "rand-m9-mstd0.5-inc1",
-        see :mod:`fastmae.eval.randaugment`); torch backend only.
+        see :mod:`fastmae.eval.randaugment`); with DALI through ``nvidia.dali.auto_aug`` (see
+        :mod:`fastmae.eval.dali_randaugment` for how it differs).
     """
     if backend not in LOADER_BACKENDS:
         raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
@@ -135,8 +136,6 @@ def build_loader(
         pin_memory=None if pin_memory is None else bool(pin_memory),
     )
     if rand_augment is not None:
-        if backend == "dali":
-            raise ValueError("rand_augment: RandAugment runs in the torch loader only (use backend='torch')")
         from fastmae.eval.randaugment import parse_policy
 
         config = dataclasses.replace(config, rand_augment=parse_policy(rand_augment))

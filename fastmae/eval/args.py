@@ -55,7 +55,8 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     o.add_argument("--cls_token", action="store_false", dest="global_pool", help="the cls token after norm")
     o.add_argument("--eval", action="store_true", help="only evaluate (the weights of --resume or --finetune)")
     o.add_argument("--dist_eval", action="store_true",
-                   help="accepted for compatibility: evaluation is always sharded over processes, each image once")
+                   help="evaluate a shard of the val set per process and all-reduce the counts (each image once); "
+                        "without it every process evaluates the whole set")
     if finetune:
         o.add_argument("--layer_decay", type=float, help="layer-wise lr decay (default: by model size)")
         o.add_argument("--drop_path", type=float, help="stochastic depth of the last block (default: by model size)")

@@ -4,7 +4,7 @@ The official evaluation transform: resize the shorter side to ``int(input_size /
 (bicubic; crop_pct 0.875, so 256 for 224) and take the centre ``input_size`` square. Every batch has
 ``batch_size`` rows: the last one of a process is padded and a ``valid`` mask says which rows count,
 so a compiled model sees one shape and every image is counted exactly once over all processes
-(the official ``--dist_eval`` repeats images to even out the shards instead).
+(the official ``--dist_eval`` sampler repeats a few images to even out the shards instead).
 """
 
 from __future__ import annotations
@@ -72,14 +72,16 @@ def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch
 class EvalLoader:
     """Iterates ``(images (B, 3, S, S), labels (B,), valid (B,) bool)`` on ``device`` over this rank's shard.
 
-    Rank r of w reads files r, r + w, r + 2w, ...; every rank yields the same number of batches.
+    Rank r of w reads files r, r + w, r + 2w, ...; every rank yields the same number of batches, so
+    the sums over a pass can be all-reduced (``world_size`` > 1 marks a shard). ``world_size`` 1 reads
+    every file.
     """
 
     def __init__(self, files: FileSet, batch_size: int, input_size: int, *, device: torch.device, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, crop_pct: float = EVAL_CROP_PCT) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.files, self.device = files, device
+        self.files, self.device, self.world_size = files, device, world_size
         per_rank = math.ceil(len(files) / world_size)
         self.steps = math.ceil(per_rank / batch_size)
         indices = list(range(rank, len(files), world_size))

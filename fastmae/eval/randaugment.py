@@ -20,6 +20,14 @@ import torch.nn.functional as F
 
 MAX_LEVEL = 10.0
 FILL = (124.0, 116.0, 104.0)  # round(255 * ImageNet mean)
+APPLY_PROB = 0.5  # each drawn operation runs with this probability
+# the strength at magnitude MAX_LEVEL (the torch ops here and the DALI suite both scale these)
+ROTATE_DEGREES = 30.0
+SHEAR = 0.3
+TRANSLATE = 0.45  # fraction of the image side
+ENHANCE = 0.9  # colour / contrast / brightness / sharpness factor 1 +- this
+POSTERIZE_BITS = 4  # bits kept at magnitude 0 (none at MAX_LEVEL)
+SOLARIZE_ADD = 110
 
 
 def _gray(img: torch.Tensor) -> torch.Tensor:
@@ -80,11 +88,12 @@ def rotate(img: torch.Tensor, level: float) -> torch.Tensor:
 
 
 def shear_x(img: torch.Tensor, level: float) -> torch.Tensor:
-    return _affine(img, (1.0, level, 0.0, 0.0, 1.0, 0.0))
+    """PIL's affine (1, level, 0, 0, 1, 0), which maps pixel centres: x samples x + level (y + 1/2)."""
+    return _affine(img, (1.0, level, level / 2, 0.0, 1.0, 0.0))
 
 
 def shear_y(img: torch.Tensor, level: float) -> torch.Tensor:
-    return _affine(img, (1.0, 0.0, 0.0, level, 1.0, 0.0))
+    return _affine(img, (1.0, 0.0, 0.0, level, 1.0, level / 2))
 
 
 def translate_x(img: torch.Tensor, level: float) -> torch.Tensor:
@@ -143,18 +152,18 @@ OPS: dict[str, tuple[Callable[[torch.Tensor, float], torch.Tensor],
     "AutoContrast": (auto_contrast, lambda m, rng: 0.0),
     "Equalize": (equalize, lambda m, rng: 0.0),
     "Invert": (invert, lambda m, rng: 0.0),
-    "Rotate": (rotate, lambda m, rng: _signed(rng, 30.0 * m / MAX_LEVEL)),
-    "PosterizeIncreasing": (posterize, lambda m, rng: 4 - int(4 * m / MAX_LEVEL)),
+    "Rotate": (rotate, lambda m, rng: _signed(rng, ROTATE_DEGREES * m / MAX_LEVEL)),
+    "PosterizeIncreasing": (posterize, lambda m, rng: POSTERIZE_BITS - int(POSTERIZE_BITS * m / MAX_LEVEL)),
     "SolarizeIncreasing": (solarize, lambda m, rng: 256 - int(256 * m / MAX_LEVEL)),
-    "SolarizeAdd": (solarize_add, lambda m, rng: int(110 * m / MAX_LEVEL)),
-    "ColorIncreasing": (color, lambda m, rng: 1.0 + _signed(rng, 0.9 * m / MAX_LEVEL)),
-    "ContrastIncreasing": (contrast, lambda m, rng: 1.0 + _signed(rng, 0.9 * m / MAX_LEVEL)),
-    "BrightnessIncreasing": (brightness, lambda m, rng: 1.0 + _signed(rng, 0.9 * m / MAX_LEVEL)),
-    "SharpnessIncreasing": (sharpness, lambda m, rng: 1.0 + _signed(rng, 0.9 * m / MAX_LEVEL)),
-    "ShearX": (shear_x, lambda m, rng: _signed(rng, 0.3 * m / MAX_LEVEL)),
-    "ShearY": (shear_y, lambda m, rng: _signed(rng, 0.3 * m / MAX_LEVEL)),
-    "TranslateXRel": (translate_x, lambda m, rng: _signed(rng, 0.45 * m / MAX_LEVEL)),
-    "TranslateYRel": (translate_y, lambda m, rng: _signed(rng, 0.45 * m / MAX_LEVEL)),
+    "SolarizeAdd": (solarize_add, lambda m, rng: int(SOLARIZE_ADD * m / MAX_LEVEL)),
+    "ColorIncreasing": (color, lambda m, rng: 1.0 + _signed(rng, ENHANCE * m / MAX_LEVEL)),
+    "ContrastIncreasing": (contrast, lambda m, rng: 1.0 + _signed(rng, ENHANCE * m / MAX_LEVEL)),
+    "BrightnessIncreasing": (brightness, lambda m, rng: 1.0 + _signed(rng, ENHANCE * m / MAX_LEVEL)),
+    "SharpnessIncreasing": (sharpness, lambda m, rng: 1.0 + _signed(rng, ENHANCE * m / MAX_LEVEL)),
+    "ShearX": (shear_x, lambda m, rng: _signed(rng, SHEAR * m / MAX_LEVEL)),
+    "ShearY": (shear_y, lambda m, rng: _signed(rng, SHEAR * m / MAX_LEVEL)),
+    "TranslateXRel": (translate_x, lambda m, rng: _signed(rng, TRANSLATE * m / MAX_LEVEL)),
+    "TranslateYRel": (translate_y, lambda m, rng: _signed(rng, TRANSLATE * m / MAX_LEVEL)),
 }
 _NAMES = tuple(OPS)
 
@@ -179,7 +188,7 @@ def parse_policy(policy: str) -> tuple[int, float, float]:
 
 
 def rand_augment(pixels: np.ndarray, rng: np.random.Generator, num_ops: int = 2, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5, prob: float = 0.5) -> np.ndarray:
+                 magnitude_std: float = 0.5, prob: float = APPLY_PROB) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W, 3) uint8 with RandAugment applied."""
     img = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()  # a writable copy
     for index in rng.integers(0, len(_NAMES), num_ops):

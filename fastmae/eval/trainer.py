@@ -1,6 +1,7 @@
 """The loop ``fastmae linprobe`` and ``fastmae finetune`` share, on pretrain's machinery.
 
-From :mod:`fastmae.train`: the train step (compile, bf16/fp16 autocast, accumulation under
+From :mod:`fastmae.train`: the optimizer-step loop (:class:`fastmae.train.loop.StepLoop`, the one
+``fastmae pretrain`` runs), the train step (compile, bf16/fp16 autocast, accumulation under
 ``no_sync``, device-side skip of non-finite steps, no host sync), the lr schedule, DDP, the
 loaders, atomic checkpoints with RNG state and data position (so ``--resume`` continues at the
 exact step), and the progress display / TensorBoard / log.txt. What is particular to classification
@@ -13,8 +14,6 @@ fine-tuning).
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +43,11 @@ from fastmae.train.distributed import (
     shutdown,
     wrap_model,
 )
+from fastmae.train.loop import Position, StepLoop, finite_mean, schedule_length
 from fastmae.train.modeling import unwrap
-from fastmae.train.optim import adamw, set_lr
-from fastmae.train.progress import Meter, Reporter, peak_memory_gb
-from fastmae.train.schedule import lr_for_step
-from fastmae.train.step import NonFiniteLossError, TrainStep, noise_seed
+from fastmae.train.optim import adamw
+from fastmae.train.progress import Meter, Reporter
+from fastmae.train.step import TrainStep, noise_seed
 
 FORMAT = "fastmae-eval-checkpoint-1"
 
@@ -83,9 +82,12 @@ class ClassifierStep(TrainStep):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype | None,
-             world: World) -> dict[str, float]:
-    """{"loss", "acc1", "acc5"} (accuracies in %) over every image of ``loader``, summed over all processes."""
+def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype | None) -> dict[str, float]:
+    """{"loss", "acc1", "acc5"} (accuracies in %) over every image of ``loader``.
+
+    A sharded loader (``--dist_eval``) has its sums (loss, top-1 and top-5 hits, images) all-reduced
+    over the processes: every rank returns the figures of the whole set.
+    """
     was_training = model.training
     model.eval()
     device = loader.device
@@ -97,7 +99,7 @@ def evaluate(model: nn.Module, loader: EvalLoader, autocast_dtype: torch.dtype |
         sums[0] += (loss * valid).sum()
         sums[1:3] += topk_correct(logits, labels, (1, 5), valid)
         sums[3] += valid.sum()
-    if world.size > 1 and dist.is_initialized():
+    if loader.world_size > 1:
         dist.all_reduce(sums)
     model.train(was_training)
     loss_sum, top1, top5, count = sums.tolist()
@@ -114,7 +116,7 @@ def build_optimizer(model: VisionTransformer, args: argparse.Namespace, lr: floa
     return adamw(groups, lr, betas=recipes.ADAMW_BETAS)
 
 
-class EvalTrainer:
+class EvalTrainer(StepLoop):
     """Linear probe or fine-tuning of ``args.model`` on ``args.data_path`` (``args.recipe`` says which)."""
 
     def __init__(self, args: argparse.Namespace, world: World) -> None:
@@ -147,17 +149,13 @@ class EvalTrainer:
             args.data_path, args.batch_size, self.input_size, backend=self.settings.loader, device=self.device,
             rank=world.rank, world_size=world.size, seed=args.seed, num_workers=args.num_workers,
             scale=(args.crop_scale_min, 1.0), rand_augment=None if linprobe else args.aa)
+        # --dist_eval: each process scores its shard; else every process scores the whole set (official)
+        shards = world.size if args.dist_eval else 1
         self.val = EvalLoader(split_folder(args.data_path, "val"), args.batch_size, self.input_size,
-                              device=self.device, rank=world.rank, world_size=world.size,
+                              device=self.device, rank=world.rank if args.dist_eval else 0, world_size=shards,
                               num_workers=self.batches.config.num_threads,
                               crop_pct=recipes.eval_crop_pct(self.input_size))
-        self.steps_per_epoch = len(self.batches) // args.accum_iter
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"an epoch has {len(self.batches)} batches per process, fewer than --accum_iter "
-                             f"{args.accum_iter}: give a smaller --batch_size or --accum_iter, or more data")
-        self.total_steps = args.epochs * self.steps_per_epoch
-        if args.max_steps is not None:
-            self.total_steps = min(self.total_steps, args.max_steps)
+        self.steps_per_epoch, self.total_steps = schedule_length(len(self.batches), args)
         mixup = None
         if not linprobe and (args.mixup > 0 or args.cutmix > 0):
             mixup = Mixup(args.nb_classes, args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
@@ -168,12 +166,9 @@ class EvalTrainer:
             accum_iter=args.accum_iter, device=self.device, autocast_dtype=self.settings.autocast_dtype,
             compile=self.settings.compile, compile_backend=args.compile_backend, seed=args.seed, rank=world.rank,
             world_size=world.size, log_every=args.log_every)
-        self.epoch, self.step_in_epoch, self.global_step = args.start_epoch, 0, args.start_epoch * self.steps_per_epoch
-        self.epoch_losses: list[float] = []
-        self.display_losses: list[float] = []
-        self.losses: list[float] = []  # every step of this run (for the tests)
+        self._init_loop()
         self.max_accuracy = 0.0
-        self.last_lr = 0.0
+        self.last_stats: dict[str, float] = {}
         self.evaluated_at = -1  # global step of the last evaluation
         self.checkpoint: Path | None = None
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
@@ -183,12 +178,13 @@ class EvalTrainer:
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> Path:
         self._read_metrics()
-        path = ckpt.checkpoint_path(self.args.output_dir, self.global_step)
+        pos = self.position
+        path = ckpt.checkpoint_path(self.args.output_dir, pos.global_step)
         if self.world.is_main:
             ckpt.atomic_save({
                 "format": FORMAT, "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "train_step": self.train_step.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "epoch_losses": list(self.epoch_losses),
+                "train_step": self.train_step.state_dict(), "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,
+                "global_step": pos.global_step, "epoch_losses": list(self.epoch_losses),
                 "max_accuracy": self.max_accuracy, "args": ckpt.plain_args(self.args), "rng": ckpt.rng_state(),
             }, path)
             ckpt.prune_checkpoints(self.args.output_dir, self.args.keep_last)
@@ -208,52 +204,32 @@ class EvalTrainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.train_step.load_state_dict(state["train_step"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.position = pos = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
         self.epoch_losses = list(state["epoch_losses"])
         self.max_accuracy = float(state["max_accuracy"])
         ckpt.set_rng_state(state["rng"])
-        self.reporter.print(f"resumed from {path} at epoch {self.epoch}, step {self.step_in_epoch} of "
-                            f"{self.steps_per_epoch} (global step {self.global_step})")
+        self.reporter.print(f"resumed from {path} at epoch {pos.epoch}, step {pos.step_in_epoch} of "
+                            f"{self.steps_per_epoch} (global step {pos.global_step})")
 
-    # ---------------------------------------------------------------- metrics
-    def _read_metrics(self) -> None:
-        metrics = self.train_step.read_metrics()
-        for losses in (self.losses, self.epoch_losses, self.display_losses):
-            losses.extend(metrics.losses)
-        if metrics.longest_skip_run >= self.args.max_skipped:
-            raise NonFiniteLossError(
-                f"{metrics.longest_skip_run} optimizer steps in a row had a non-finite loss (limit --max_skipped "
-                f"{self.args.max_skipped}); stopped at step {self.global_step}. Try a lower --blr or --precision bf16.")
-
-    def _log(self, meter: Meter) -> None:
-        self._read_metrics()
-        img_per_s, data_share = meter.interval()
-        finite = [v for v in self.display_losses if math.isfinite(v)]
-        self.display_losses = []
-        self.reporter.step(self.global_step, {
-            "loss": sum(finite) / len(finite) if finite else float("nan"), "lr": self.last_lr,
-            "img_per_s": img_per_s, "data_share": data_share, "peak_mem_gb": peak_memory_gb(self.device)})
-
+    # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
-        stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype, self.world)
-        self.evaluated_at = self.global_step
+        stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype)
+        self.evaluated_at = self.position.global_step
         self.max_accuracy = max(self.max_accuracy, stats["acc1"])
-        self.reporter.print(f"epoch {self.epoch}: accuracy of the network on the {len(self.val.files)} test images: "
-                            f"top-1 {stats['acc1']:.2f}%, top-5 {stats['acc5']:.2f}%, loss {stats['loss']:.4f} "
-                            f"(max top-1 {self.max_accuracy:.2f}%)")
+        self.reporter.print(f"epoch {self.position.epoch}: accuracy of the network on the {len(self.val.files)} "
+                            f"test images: top-1 {stats['acc1']:.2f}%, top-5 {stats['acc5']:.2f}%, loss "
+                            f"{stats['loss']:.4f} (max top-1 {self.max_accuracy:.2f}%)")
         return stats
 
-    def _end_epoch(self) -> dict[str, float]:
+    def _end_epoch(self) -> None:
         """Evaluate and append the official log.txt line for the epoch in progress (done or cut by --max_steps)."""
         self._read_metrics()
-        stats = self.evaluate()
-        finite = [v for v in self.epoch_losses if math.isfinite(v)]
-        self.reporter.epoch({"train_lr": self.last_lr, "train_loss": sum(finite) / max(len(finite), 1),
-                             **{f"test_{k}": v for k, v in stats.items()}, "epoch": self.epoch,
+        stats = self.last_stats = self.evaluate()
+        self.reporter.epoch({"train_lr": self.last_lr, "train_loss": finite_mean(self.epoch_losses),
+                             **{f"test_{k}": v for k, v in stats.items()}, "epoch": self.position.epoch,
                              "n_parameters": self.n_parameters})
-        self.reporter.scalars(self.global_step, {f"test/{k}": v for k, v in stats.items()})
+        self.reporter.scalars(self.position.global_step, {f"test/{k}": v for k, v in stats.items()})
         self.epoch_losses = []
-        return stats
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict[str, float]:
@@ -264,7 +240,7 @@ class EvalTrainer:
             if resume_path is not None:
                 state = ckpt.load_checkpoint(resume_path, map_location=self.device)
                 unwrap(self.model).load_state_dict(ckpt.model_state(state))
-            stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype, self.world)
+            stats = evaluate(self.train_step._run_model, self.val, self.settings.autocast_dtype)
             self.reporter.print(f"accuracy of the network on the {len(self.val.files)} test images: top-1 "
                                 f"{stats['acc1']:.2f}%, top-5 {stats['acc5']:.2f}%, loss {stats['loss']:.4f}")
             self.reporter.close()
@@ -276,45 +252,16 @@ class EvalTrainer:
             "init": self.init_note, "trained parameters": f"{self.n_parameters:,}",
             "steps": f"{self.total_steps} optimizer steps, {self.steps_per_epoch} per epoch",
         }))
-        meter, stats = Meter(), {}
-        while self.epoch < args.epochs and self.global_step < self.total_steps:
-            self.batches.set_epoch(self.epoch, start_step=self.step_in_epoch * args.accum_iter)
-            batches = iter(self.batches)
-            while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
-                micro_batches = []
-                for _ in range(args.accum_iter):
-                    waited = time.perf_counter()
-                    micro_batches.append(next(batches))
-                    meter.wait_data(time.perf_counter() - waited)
-                self.last_lr = lr_for_step(self.global_step, self.steps_per_epoch, self.settings.lr, args.min_lr,
-                                           args.warmup_epochs, args.epochs)
-                set_lr(self.optimizer, self.last_lr)
-                self.train_step(self.global_step, micro_batches)
-                self.global_step += 1
-                self.step_in_epoch += 1
-                meter.images += self.settings.effective_batch
-                if self.global_step % args.log_every == 0:
-                    self._log(meter)
-                epoch_done = self.step_in_epoch == self.steps_per_epoch
-                if epoch_done:
-                    stats = self._end_epoch()
-                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                if (args.save_every and self.global_step % args.save_every == 0) or \
-                        (not args.save_every and epoch_done):
-                    self.save()
-                if epoch_done:
-                    break
-        self._read_metrics()
-        if self.display_losses:
-            self._log(meter)
-        if self.evaluated_at != self.global_step:
-            stats = self._end_epoch()  # stopped inside an epoch (--max_steps): still report where it stands
-        if self.checkpoint != ckpt.checkpoint_path(args.output_dir, self.global_step):
+        self._train(Meter())
+        pos = self.position
+        if self.evaluated_at != pos.global_step:
+            self._end_epoch()  # stopped inside an epoch (--max_steps): still report where it stands
+        if self.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
             self.save()
-        self.reporter.print(f"done: {self.global_step} steps; max top-1 {self.max_accuracy:.2f}%; checkpoint "
+        self.reporter.print(f"done: {pos.global_step} steps; max top-1 {self.max_accuracy:.2f}%; checkpoint "
                             f"{self.checkpoint}")
         self.reporter.close()
-        return stats
+        return self.last_stats
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:

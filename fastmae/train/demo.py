@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.add_argument("--num_images", type=int, default=None, help="dataset size (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="pretraining seed (the dataset is fixed)")
     p.add_argument("--max_ratio", type=float, default=0.8, help="fail unless last loss <= this x first loss")
     p.add_argument("--no_probe", action="store_true", help="skip the linear probe of the pretrained encoder")
     return p
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--epochs", str(epochs), "--max_steps", str(steps), "--norm_pix_loss", "--data_path", str(data_root),
              "--output_dir", str(run_dir), "--device", device, "--loader", "dali" if dali else "torch",
              "--log_every", "50", "--save_every", str(steps), "--keep_last", "1",
-             "--num_workers", str(workers)]
+             "--num_workers", str(workers), "--seed", str(opts.seed)]
     result = train(parse_args(flags))
     trained = time.perf_counter()
 
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     probed = time.perf_counter()
     pretrained, random_init = probe_encoders(preset.model, run_dir / "encoder.pth", data_root, preset.input_size,
-                                             seed=0, device=torch.device(device), workers=workers)
+                                             seed=opts.seed, device=torch.device(device), workers=workers)
     chance = 100.0 / len(SHAPE_KINDS)
     print(f"\nlinear probe, top-1 on {preset.num_val} held-out images ({', '.join(SHAPE_KINDS)}; chance "
           f"{chance:.1f}%): pretrained encoder {pretrained:.1f}%, same encoder at its random init {random_init:.1f}% "

@@ -10,10 +10,8 @@ The loop reads the device only every ``--log_every`` steps, at checkpoints and a
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +38,13 @@ from fastmae.train.distributed import (
     wrap_model,
 )
 from fastmae.train.lock import own_output_dir
+from fastmae.train.loop import Position, StepLoop, finite_mean, schedule_length
 from fastmae.train.master_weights import MasterWeights
 from fastmae.train.modeling import build_model, default_img_size, unwrap
-from fastmae.train.optim import build_optimizer, set_lr
+from fastmae.train.optim import build_optimizer
 from fastmae.train.precision import autocast_dtype, resolve_weights
-from fastmae.train.progress import Meter, Reporter, peak_memory_gb
-from fastmae.train.schedule import lr_for_step
-from fastmae.train.signals import StopRequest, agreed_stop, exit_code, resume_command
+from fastmae.train.progress import Meter, Reporter
+from fastmae.train.signals import StopRequest, exit_code, resume_command
 from fastmae.train.step import NonFiniteLossError, TrainStep
 
 
@@ -62,16 +60,11 @@ class TrainResult:
     exit_code: int = 0  # what the CLI exits with: 0, or 128 + the signal number
 
 
-@dataclass
-class Position:
-    """Where training stands: the epoch in progress and the optimizer steps done (in it and in total)."""
+class Trainer(StepLoop):
+    nonfinite_advice = ("Each was skipped without changing the weights. Try --precision bf16, a lower --blr or "
+                        "more --warmup_epochs, and check the data for corrupt images; the last checkpoint holds "
+                        "the weights before the trouble.")
 
-    epoch: int
-    step_in_epoch: int
-    global_step: int
-
-
-class Trainer:
     def __init__(self, args: argparse.Namespace, world: World) -> None:
         self.args, self.world = args, world
         self.settings: Settings = resolve(args, world.size)
@@ -98,34 +91,24 @@ class Trainer:
                                          master=self.master)
         self.batches: BatchSource = build_batches(args, self.settings.loader, self.device, world.rank, world.size,
                                                   self.input_size)
-        self.steps_per_epoch = len(self.batches) // args.accum_iter
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"an epoch has {len(self.batches)} batches per process, fewer than --accum_iter "
-                             f"{args.accum_iter}: use a smaller --batch_size or more data")
-        self.total_steps = args.epochs * self.steps_per_epoch
-        if args.max_steps is not None:
-            self.total_steps = min(self.total_steps, args.max_steps)
+        self.steps_per_epoch, self.total_steps = schedule_length(len(self.batches), args)
         self.train_step = TrainStep(
             self.model, self.optimizer, num_patches=unwrap(model).num_patches, mask_ratio=args.mask_ratio,
             accum_iter=args.accum_iter, device=self.device, autocast_dtype=self.settings.autocast_dtype,
             compile=self.settings.compile, compile_backend=args.compile_backend, seed=args.seed,
             rank=world.rank, world_size=world.size, log_every=args.log_every, master=self.master)
-        self.position = Position(args.start_epoch, 0, args.start_epoch * self.steps_per_epoch)
-        self.epoch_losses: list[float] = []  # losses of the epoch in progress (for log.txt)
-        self.display_losses: list[float] = []  # losses not yet shown on the console
-        self.skipped_total = 0
         self.reporter = Reporter(enabled=world.is_main, output_dir=args.output_dir, log_dir=args.log_dir,
                                  total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                                  epochs=args.epochs, bar=False if args.no_progress else None,
                                  wandb_project=args.wandb_project, config=saved_flags(args))
-        self.result = TrainResult(model=unwrap(self.model))
+        self._init_loop()
+        self.result = TrainResult(losses=self.losses, model=unwrap(self.model))
         self.knn = None
         if args.knn_every:
             from fastmae.eval.knn import build_monitor
 
             self.knn = build_monitor(args, self.input_size, self.device)
         self.last_model_state: dict[str, torch.Tensor] = {}
-        self.last_lr = 0.0
 
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> Path:
@@ -207,35 +190,17 @@ class Trainer:
                           f"{epoch}, global step {self.position.global_step}; weights and AdamW moments restored, "
                           f"{scaler_note}; the official file has no RNG or data position)")
 
-    # ---------------------------------------------------------------- the loop
-    def _read_metrics(self) -> None:
-        metrics = self.train_step.read_metrics()
-        self.result.losses.extend(metrics.losses)
-        self.epoch_losses.extend(metrics.losses)
-        self.display_losses.extend(metrics.losses)
-        self.skipped_total = metrics.skipped_total
-        if metrics.longest_skip_run >= self.args.max_skipped:
-            raise NonFiniteLossError(
-                f"{metrics.longest_skip_run} optimizer steps in a row had a non-finite loss (limit --max_skipped "
-                f"{self.args.max_skipped}); stopped at step {self.position.global_step}. Each was skipped without "
-                f"changing the weights. Try --precision bf16, a lower --blr or more --warmup_epochs, and check the "
-                f"data for corrupt images; the last checkpoint holds the weights before the trouble.")
+    # ---------------------------------------------------------------- the loop hooks
+    def _micro_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return batch[0]  # pretraining needs no labels
 
-    def _log(self, meter: Meter) -> None:
-        """Show the mean loss of the steps since the last log line (non-finite ones left out)."""
-        self._read_metrics()
-        img_per_s, data_share = meter.interval()
-        finite = [v for v in self.display_losses if math.isfinite(v)]
-        self.display_losses = []
-        self.reporter.step(self.position.global_step, {
-            "loss": sum(finite) / len(finite) if finite else float("nan"),
-            "lr": self.last_lr,
-            "img_per_s": img_per_s,
-            "data_share": data_share,
-            "peak_mem_gb": peak_memory_gb(self.device),
-            "skipped": float(self.skipped_total),
-            "replaced": float(getattr(self.batches, "replaced", 0)),
-        })
+    def _after_step(self) -> None:
+        if self.knn is not None and self.position.global_step % self.args.knn_every == 0:
+            self.knn.report(unwrap(self.model), self.position.global_step, self.settings.autocast_dtype,
+                            self.reporter)
+
+    def _log_extras(self) -> dict[str, float]:
+        return {"skipped": float(self.skipped_total), "replaced": float(getattr(self.batches, "replaced", 0))}
 
     def run(self) -> TrainResult:
         try:
@@ -282,41 +247,7 @@ class Trainer:
             "config": f"{config_path} (log: {Path(args.output_dir) / 'train.log'})",
         }))
         meter = Meter()
-        self.reporter.start(pos.global_step)
-        save_every = args.save_every
-        stopping = False
-        while pos.epoch < args.epochs and pos.global_step < self.total_steps and not stopping:
-            self.batches.set_epoch(pos.epoch, start_step=pos.step_in_epoch * args.accum_iter)
-            batches = iter(self.batches)
-            while pos.step_in_epoch < self.steps_per_epoch and pos.global_step < self.total_steps:
-                micro_batches = []
-                for _ in range(args.accum_iter):
-                    waited = time.perf_counter()
-                    images, _ = next(batches)
-                    meter.wait_data(time.perf_counter() - waited)
-                    micro_batches.append(images)
-                self.last_lr = lr_for_step(pos.global_step, self.steps_per_epoch, self.settings.lr, args.min_lr,
-                                           args.warmup_epochs, args.epochs)
-                set_lr(self.optimizer, self.last_lr)
-                self.train_step(pos.global_step, micro_batches)
-                pos.global_step += 1
-                pos.step_in_epoch += 1
-                meter.images += self.settings.effective_batch
-                if pos.global_step % args.log_every == 0:
-                    self._log(meter)
-                if self.knn is not None and pos.global_step % args.knn_every == 0:
-                    self.knn.report(unwrap(self.model), pos.global_step, self.settings.autocast_dtype, self.reporter)
-                epoch_done = pos.step_in_epoch == self.steps_per_epoch
-                if epoch_done:
-                    self._end_epoch()  # a checkpoint at an epoch end then points at the next epoch's start
-                if (save_every and pos.global_step % save_every == 0) or (not save_every and epoch_done):
-                    self.save()
-                stopping = agreed_stop(stop, pos.global_step, args.log_every, self.world.size, self.device)
-                if epoch_done or stopping:
-                    break
-        self._read_metrics()
-        if self.display_losses:
-            self._log(meter)
+        stopping = self._train(meter, stop)
         if self.result.checkpoint != ckpt.checkpoint_path(args.output_dir, pos.global_step):
             self.save()
         self.result.global_step = pos.global_step
@@ -350,14 +281,11 @@ class Trainer:
                             f"raise {end.split()[0]} (or lower --start_epoch)")
 
     def _end_epoch(self) -> None:
-        pos = self.position
         self._read_metrics()
-        finite = [v for v in self.epoch_losses if math.isfinite(v)]
-        self.reporter.epoch({"train_lr": self.last_lr, "train_loss": sum(finite) / max(len(finite), 1),
-                             "epoch": pos.epoch, "steps": len(self.epoch_losses), "skipped": self.skipped_total})
+        self.reporter.epoch({"train_lr": self.last_lr, "train_loss": finite_mean(self.epoch_losses),
+                             "epoch": self.position.epoch, "steps": len(self.epoch_losses),
+                             "skipped": self.skipped_total})
         self.epoch_losses = []
-        pos.epoch += 1
-        pos.step_in_epoch = 0
 
 
 def train(args: argparse.Namespace) -> TrainResult:
