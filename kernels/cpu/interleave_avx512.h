@@ -1,35 +1,17 @@
 // The 3-channel, 16-pixel-wide patch interleave (the ViT RGB case) with explicit AVX-512 permutes: a patch row
 // of C = 3 planes' 16-element runs becomes one channel-last run of 48 elements (gather) and back (scatter).
 // GCC's own vectorisation of the strided loop does this with many narrow shuffles; two vpermt2ps (fp32) or
-// one vpermt2w (16-bit) per 64-byte output stays close to load/store speed.
-//
-// The functions carry their own target attribute and run only when avx512_copy_path() says so: a portable
-// build asks the CPU once (like FASTMAE_ISA_CLONES, and off with it), a -march build with AVX-512BW takes
-// them always. Elsewhere (other ISAs, FASTMAE_NATIVE_DISPATCH=OFF) FASTMAE_AVX512_COPY is undefined and the
-// callers keep their portable loops.
+// one vpermt2w (16-bit) per 64-byte output stays close to load/store speed. Callers take it only when
+// avx512_path() (avx512_path.h) says so.
 #pragma once
 
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__) && (!defined(FASTMAE_NO_ISA_CLONES) || defined(__AVX512BW__))
-#define FASTMAE_AVX512_COPY 1
-#include <immintrin.h>
-#endif
+#include "avx512_path.h"
 
 namespace fastmae_native {
 
-#if defined(FASTMAE_AVX512_COPY)
-
-#define FASTMAE_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
-
-inline bool avx512_copy_path() {
-#if defined(__AVX512BW__)
-  return true;
-#else
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return has;
-#endif
-}
+#if defined(FASTMAE_AVX512_PATH)
 
 // Permute indices, built once. Element k of a channel-last row is pixel j = k / 3 of channel c = k % 3.
 struct InterleaveTables {
@@ -132,10 +114,6 @@ FASTMAE_AVX512_TARGET inline void zero_run16(Bits* run) {
     return _mm256_storeu_si256(reinterpret_cast<__m256i*>(run), _mm256_setzero_si256());
   }
 }
-
-#else
-
-inline bool avx512_copy_path() { return false; }
 
 #endif
 

@@ -86,7 +86,7 @@ FASTMAE_ISA_CLONES void gather_rows(const PatchGeometry& g, const Bits* src, con
   }
 }
 
-#if defined(FASTMAE_AVX512_COPY)
+#if defined(FASTMAE_AVX512_PATH)
 // gather_rows for C = 3, pw = 16 and 16/32-bit elements, with the permute interleave (interleave_avx512.h).
 template <typename Bits>
 FASTMAE_AVX512_TARGET void gather_rows_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep,
@@ -111,7 +111,7 @@ FASTMAE_AVX512_TARGET void gather_rows_rgb16(const PatchGeometry& g, const Bits*
 // The permute path where it applies (ViT RGB patches of width 16 on an AVX-512 CPU), else the portable loop.
 template <typename Bits>
 bool rgb16_fast_path(const PatchGeometry& g) {
-  return (sizeof(Bits) == 2 || sizeof(Bits) == 4) && g.chans == 3 && g.pw == 16 && avx512_copy_path();
+  return (sizeof(Bits) == 2 || sizeof(Bits) == 4) && g.chans == 3 && g.pw == 16 && avx512_path();
 }
 
 template <typename Bits>
@@ -124,7 +124,7 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
   const bool fast = rgb16_fast_path<Bits>(g);
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
-#if defined(FASTMAE_AVX512_COPY)
+#if defined(FASTMAE_AVX512_PATH)
     if constexpr (sizeof(Bits) <= 4) {
       if (fast) return gather_rows_rgb16<Bits>(g, src, id, keep, dst, begin, end);
     }
@@ -166,7 +166,7 @@ FASTMAE_ISA_CLONES void scatter_strip(const PatchGeometry& g, const Bits* src, c
   }
 }
 
-#if defined(FASTMAE_AVX512_COPY)
+#if defined(FASTMAE_AVX512_PATH)
 // scatter_strip for C = 3, pw = 16 and 16/32-bit elements: permute de-interleave, streaming stores.
 template <typename Bits>
 FASTMAE_AVX512_TARGET void scatter_strip_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch,
@@ -201,7 +201,7 @@ void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(g.gw * g.patch_dim(), 1));
   const bool fast = rgb16_fast_path<Bits>(g);
   at::parallel_for(0, g.batch * strips, grain, [&](int64_t begin, int64_t end) {
-#if defined(FASTMAE_AVX512_COPY)
+#if defined(FASTMAE_AVX512_PATH)
     if constexpr (sizeof(Bits) <= 4) {
       if (fast) {
         for (int64_t n = begin; n < end; ++n)
