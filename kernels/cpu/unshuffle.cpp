@@ -58,6 +58,28 @@ FASTMAE_AVX512_TARGET void add_round_bf16(const c10::BFloat16* src, const c10::B
   }
   for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
 }
+
+// Backward sums of one grad_out row, in one pass: mask_acc[j] += g[j] (masked rows; may be null) and
+// pos_acc[j] += g[j] (may be null), each element one float32 add as in the portable loops.
+FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
+FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const c10::BFloat16* p) {
+  return _mm512_castsi512_ps(widen_bf16(p));
+}
+
+template <typename GT>
+FASTMAE_AVX512_TARGET void accumulate_row(const GT* g, float* mask_acc, float* pos_acc, int64_t width) {
+  int64_t j = 0;
+  for (; j + 16 <= width; j += 16) {
+    const __m512 v = load16_as_float(g + j);
+    if (mask_acc != nullptr) _mm512_storeu_ps(mask_acc + j, _mm512_add_ps(_mm512_loadu_ps(mask_acc + j), v));
+    if (pos_acc != nullptr) _mm512_storeu_ps(pos_acc + j, _mm512_add_ps(_mm512_loadu_ps(pos_acc + j), v));
+  }
+  for (; j < width; ++j) {
+    const float v = load_as<float>(g[j]);
+    if (mask_acc != nullptr) mask_acc[j] += v;
+    if (pos_acc != nullptr) pos_acc[j] += v;
+  }
+}
 #endif
 
 // Output rows [begin, end) of (B, 1+L) (one parallel task).
@@ -164,6 +186,7 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
                                                  float* pos_sum, int64_t batch, int64_t rows, int64_t width,
                                                  int64_t visible, int64_t begin, int64_t end) {
   const int64_t length = rows - 1;
+  [[maybe_unused]] const bool wide = avx512_path();
   // sample-major, so grad_out is read in memory order; each sum still adds the samples in ascending order
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t task = begin; task < end; ++task) {
@@ -171,6 +194,7 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
       float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
       for (int64_t r = r0; r < r1; ++r) {
         const GT* g_row = g + (b * rows + r) * width;
+        float* mask_acc_row = mask_acc;
         const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
         const bool masked = r > 0 && slot >= visible;
         if (gx != nullptr && !masked) {
@@ -181,12 +205,21 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
             for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
           }
         }
-        if (mask_acc != nullptr && masked) {
-          for (int64_t j = 0; j < width; ++j) mask_acc[j] += load_as<float>(g_row[j]);
+        float* pos_acc = pos_sum != nullptr ? pos_sum + r * width : nullptr;
+        if (!masked) mask_acc_row = nullptr;
+#if defined(FASTMAE_AVX512_PATH)
+        if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
+          if (wide) {
+            accumulate_row(g_row, mask_acc_row, pos_acc, width);
+            continue;
+          }
         }
-        if (pos_sum != nullptr) {
-          float* acc = pos_sum + r * width;
-          for (int64_t j = 0; j < width; ++j) acc[j] += load_as<float>(g_row[j]);
+#endif
+        if (mask_acc_row != nullptr) {
+          for (int64_t j = 0; j < width; ++j) mask_acc_row[j] += load_as<float>(g_row[j]);
+        }
+        if (pos_acc != nullptr) {
+          for (int64_t j = 0; j < width; ++j) pos_acc[j] += load_as<float>(g_row[j]);
         }
       }
     }
