@@ -99,10 +99,11 @@ FASTMAE_AVX512_TARGET void gather_rows_rgb16(const PatchGeometry& g, const Bits*
   for (int64_t n = begin; n < end; ++n) {
     if (n + kAhead < end) prefetch_patch(g, origin(n + kAhead));
     const Bits* image = origin(n);
-    Bits* patch = dst + n * patch_dim;
-    for (int64_t r = 0; r < g.pt * g.ph; ++r) {  // row r = t * ph + i
-      const Bits* img_row = image + ((r / g.ph) * g.height + r % g.ph) * g.width;
-      interleave3x16(img_row, img_row + cstride, img_row + 2 * cstride, patch + r * 48, tables);
+    Bits* patch_row = dst + n * patch_dim;
+    for (int64_t t = 0; t < g.pt; ++t) {
+      const Bits* img_row = image + t * g.height * g.width;
+      for (int64_t i = 0; i < g.ph; ++i, img_row += g.width, patch_row += 48)
+        interleave3x16(img_row, img_row + cstride, img_row + 2 * cstride, patch_row, tables);
     }
   }
 }
@@ -175,15 +176,17 @@ FASTMAE_AVX512_TARGET void scatter_strip_rgb16(const PatchGeometry& g, const Bit
   const int64_t patch_dim = g.patch_dim();
   const int64_t lt = strip / g.gh, lh = strip % g.gh;
   const int64_t* slots = slot_of_patch + b * g.num_patches() + strip * g.gw;
+  const Bits* rows = src + b * keep * patch_dim;
   for (int c = 0; c < 3; ++c) {
-    for (int64_t r = 0; r < g.pt * g.ph; ++r) {  // row r = t * ph + i
-      Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() +
-                   ((lt * g.pt + r / g.ph) * g.height + lh * g.ph + r % g.ph) * g.width;
-      for (int64_t lw = 0; lw < g.gw; ++lw) {
-        if (slots[lw] < 0) {
-          zero_run16(line + lw * 16);
-        } else {
-          deinterleave3x16(src + (b * keep + slots[lw]) * patch_dim + r * 48, c, line + lw * 16, tables);
+    for (int64_t t = 0; t < g.pt; ++t) {
+      Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() + ((lt * g.pt + t) * g.height + lh * g.ph) * g.width;
+      for (int64_t i = 0, r = t * g.ph; i < g.ph; ++i, ++r, line += g.width) {  // r: the row inside a patch
+        for (int64_t lw = 0; lw < g.gw; ++lw) {
+          if (slots[lw] < 0) {
+            zero_run16(line + lw * 16);
+          } else {
+            deinterleave3x16(rows + slots[lw] * patch_dim + r * 48, c, line + lw * 16, tables);
+          }
         }
       }
     }
