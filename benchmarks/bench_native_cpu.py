@@ -2,7 +2,8 @@
 the copy-style ops against a plain ``Tensor.copy_`` of the same bytes.
 
     python benchmarks/bench_native_cpu.py [--batch 64] [--rounds 15] [--dtypes float32 bfloat16]
-                                          [--label portable] [--out benchmarks/results/native_cpu.jsonl]
+                                          [--cold-mib 256] [--label portable]
+                                          [--out benchmarks/results/native_cpu.jsonl]
                                           [--library path/to/_fastmae_native.so]
 
 Timing: ``torch.set_num_threads(1)`` and process CPU time (``time.process_time``, user + system: the page
@@ -15,8 +16,19 @@ The loss takes ``--dtype`` pred with float32 images (the trainer's autocast case
 backward (pred requires grad; the image does not): fastmae with a full pred and mask (what the reference
 computes), fastmae with a removed-only pred, the eager reference and ``torch.compile`` (inductor) of the
 reference ``mae_loss``. The copy-style ops run their native kernels directly (``torch.ops.fastmae_kernels``),
-with ``--dtype`` tensors. Copy bandwidth: ``dst.copy_(src)`` of a tensor holding half the bytes the op reads
-plus writes (a copy reads and writes each byte once), so "of copy" = copy time / op time.
+with ``--dtype`` tensors, against three copies of the same number of bytes (a tensor holding half the bytes the
+op reads plus writes: a copy reads and writes each byte once), "of copy" = copy time / op time:
+
+- ``copy_ (same bytes)``: ``dst.copy_(src)`` into a preallocated ``dst``, the same two tensors every call. For
+  the smaller ops both fit the last-level cache, so this is a cache-to-cache copy.
+- ``copy_ (same bytes, DRAM)``: the same copy, each call on the next window of two ``--cold-mib`` buffers,
+  so source and destination come from DRAM as the ops' 38.5 MB ViT-B image does. The ops' target
+  (at least half the copy bandwidth) is judged against this one: the ops' own working sets are DRAM-sized.
+- ``clone (same bytes)``: ``src.clone()`` of a DRAM window, an allocating copy as the ops allocate their
+  outputs; what the allocation costs (page faults of fresh memory) depends on the C library's heap state.
+
+Every row also records the system part of the CPU time and the minor page faults per call (``sys_ms``,
+``faults``): fresh output pages are faulted in and zeroed by the OS, which counts against the op.
 
 Results go as JSON lines to --out (one line per variant, with versions, CPU model, threads and --label, e.g.
 the FASTMAE_NATIVE_MARCH the library was built with) and as a markdown table to stdout.
@@ -29,6 +41,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -68,44 +81,76 @@ def environment(label: str) -> dict[str, object]:
     }  # fmt: skip
 
 
-def time_rounds(variants: dict[str, Callable[[], object]], rounds: int, inner: int) -> dict[str, list[float]]:
-    """Seconds of process CPU time per call of each variant, one sample per round (mean of ``inner`` calls)."""
+Samples = dict[str, dict[str, list[float]]]  # variant -> {"cpu", "sys", "faults"} -> one value per round
+
+
+def time_rounds(variants: dict[str, Callable[[], object]], rounds: int, inner: int) -> Samples:
+    """Per call of each variant, one sample per round (mean of ``inner`` calls): seconds of process CPU time,
+    seconds of it spent in the kernel (system time), minor page faults."""
     for fn in variants.values():  # warm-up (and the compile of compiled variants)
         fn()
         fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+    samples: Samples = {name: {"cpu": [], "sys": [], "faults": []} for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             start = time.process_time()
             for _ in range(inner):
                 fn()
-            samples[name].append((time.process_time() - start) / inner)
+            elapsed = time.process_time() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            samples[name]["cpu"].append(elapsed / inner)
+            samples[name]["sys"].append((after.ru_stime - usage.ru_stime) / inner)
+            samples[name]["faults"].append((after.ru_minflt - usage.ru_minflt) / inner)
     return samples
 
 
-def summarise(group: str, dtype: torch.dtype, samples: dict[str, list[float]], base: str,
+def summarise(group: str, dtype: torch.dtype, samples: Samples, bases: list[str],
               bytes_moved: dict[str, int]) -> list[dict[str, object]]:  # fmt: skip
-    """One row per variant: median/min/max ms, speed-up over ``base`` (ratio of medians), GB/s when known."""
+    """One row per variant: median/min/max ms, median system ms and faults, speed-up over each of ``bases``
+    (ratio of medians; the first is the table's "ratio"), GB/s when known."""
     rows = []
-    base_median = statistics.median(samples[base])
-    for name, times in samples.items():
+    base_medians = {base: statistics.median(samples[base]["cpu"]) for base in bases}
+    for name, sample in samples.items():
+        times = sample["cpu"]
         median = statistics.median(times)
         row: dict[str, object] = {
             "group": group, "dtype": str(dtype).replace("torch.", ""), "variant": name,
             "median_ms": median * 1e3, "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3,
-            "rounds": len(times), "vs_" + base: base_median / median,
+            "sys_ms": statistics.median(sample["sys"]) * 1e3, "faults": statistics.median(sample["faults"]),
+            "rounds": len(times),
         }  # fmt: skip
+        row.update({"vs_" + base: base_median / median for base, base_median in base_medians.items()})
         if name in bytes_moved:
             row["gb_per_s"] = bytes_moved[name] / median / 1e9
         rows.append(row)
     return rows
 
 
-def copy_variant(total_bytes: int, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
-    """dst.copy_(src) moving ``total_bytes`` (read + write) of ``dtype``."""
-    numel = total_bytes // 2 // torch.finfo(dtype).bits * 8
+HOT_COPY, DRAM_COPY, CLONE = "copy_ (same bytes)", "copy_ (same bytes, DRAM)", "clone (same bytes)"
+
+
+def copy_variants(total_bytes: int, dtype: torch.dtype, cold_bytes: int) -> tuple[dict[str, Callable[[], object]], int]:
+    """The three copies of the module docstring, each moving ``total_bytes`` (read + write) of ``dtype``, and
+    the bytes one of them moves."""
+    es = torch.finfo(dtype).bits // 8
+    numel = max(1, total_bytes // 2 // es)
     src, dst = torch.randn(numel).to(dtype), torch.empty(numel, dtype=dtype)
-    return (lambda: dst.copy_(src)), 2 * numel * src.element_size()
+    windows = max(2, cold_bytes // (numel * es))  # at least two, so no call finds its data where it left it
+    cold_src = torch.randn(windows * numel).to(dtype).view(windows, numel)
+    cold_dst = torch.zeros(windows, numel, dtype=dtype)  # touched now, not in the timed calls
+    turn = [0]
+
+    def next_window() -> int:
+        turn[0] = (turn[0] + 1) % windows
+        return turn[0]
+
+    def dram_copy() -> None:
+        w = next_window()
+        cold_dst[w].copy_(cold_src[w])
+
+    variants = {HOT_COPY: lambda: dst.copy_(src), DRAM_COPY: dram_copy, CLONE: lambda: cold_src[next_window()].clone()}
+    return variants, 2 * numel * es
 
 
 def bench_loss(batch: int, dtype: torch.dtype, rounds: int) -> list[dict[str, object]]:
@@ -147,10 +192,10 @@ def bench_loss(batch: int, dtype: torch.dtype, rounds: int) -> list[dict[str, ob
         "torch fallback full+mask": step(pred_full, torch_fallback_full),
     }
     samples = time_rounds(variants, rounds, inner=1)
-    return summarise("masked_mse_loss fwd+bwd", dtype, samples, "compiled reference", {})
+    return summarise("masked_mse_loss fwd+bwd", dtype, samples, ["compiled reference"], {})
 
 
-def bench_copy_ops(batch: int, dtype: torch.dtype, rounds: int) -> list[dict[str, object]]:
+def bench_copy_ops(batch: int, dtype: torch.dtype, rounds: int, cold_bytes: int) -> list[dict[str, object]]:
     ops = torch.ops.fastmae_kernels
     length = (IMG // PATCH) ** 2
     dim = PATCH * PATCH * CHANS
@@ -192,22 +237,24 @@ def bench_copy_ops(batch: int, dtype: torch.dtype, rounds: int) -> list[dict[str
         }),
     }  # fmt: skip
     for group, (total_bytes, variants) in cases.items():
-        copy_fn, copy_bytes = copy_variant(total_bytes, dtype)
-        variants = {"copy_ (same bytes)": copy_fn, **variants}
-        moved = {name: total_bytes for name in variants}
-        moved["copy_ (same bytes)"] = copy_bytes
-        samples = time_rounds(variants, rounds, inner=3)
-        rows += summarise(group, dtype, samples, "copy_ (same bytes)", moved)
+        copies, copy_bytes = copy_variants(total_bytes, dtype, cold_bytes)
+        moved = {name: total_bytes for name in variants} | {name: copy_bytes for name in copies}
+        samples = time_rounds({**copies, **variants}, rounds, inner=3)
+        rows += summarise(group, dtype, samples, [HOT_COPY, DRAM_COPY], moved)
+        del copies  # free the DRAM buffers before the next group
     return rows
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    lines = ["| op | dtype | variant | median ms | min..max ms | ratio | GB/s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| op | dtype | variant | median ms | min..max ms | sys ms | faults | ratio | of DRAM copy | GB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ratio = next(v for k, v in r.items() if k.startswith("vs_"))
+        dram = f"{r['vs_' + DRAM_COPY]:.2f}" if "vs_" + DRAM_COPY in r else ""
         gbs = f"{r['gb_per_s']:.1f}" if "gb_per_s" in r else ""
         lines.append(f"| {r['group']} | {r['dtype']} | {r['variant']} | {r['median_ms']:.2f} | "
-                     f"{r['min_ms']:.2f}..{r['max_ms']:.2f} | {ratio:.2f} | {gbs} |")
+                     f"{r['min_ms']:.2f}..{r['max_ms']:.2f} | {r['sys_ms']:.2f} | {r['faults']:.0f} | {ratio:.2f} | "
+                     f"{dram} | {gbs} |")
     return "\n".join(lines)
 
 
@@ -217,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--parts", nargs="+", default=["loss", "copy"], choices=["loss", "copy"])
+    parser.add_argument("--cold-mib", type=int, default=256,
+                        help="size of each of the two buffers the DRAM copy cycles through (>> the last-level cache)")
     parser.add_argument("--label", default="", help="recorded with the results, e.g. the build's ISA option")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     parser.add_argument("--library", type=Path, default=None,
@@ -236,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         if "loss" in args.parts:
             rows += bench_loss(args.batch, dtype, args.rounds)
         if "copy" in args.parts:
-            rows += bench_copy_ops(args.batch, dtype, args.rounds)
+            rows += bench_copy_ops(args.batch, dtype, args.rounds, args.cold_mib << 20)
     print(f"batch {args.batch}, {json.dumps(env)}")
     print(markdown(rows))
     if args.out is not None:

@@ -112,13 +112,20 @@ def test_rectangular_patches_and_images(backend: str, device: torch.device) -> N
     assert_bitwise_equal(out, loop_gather(imgs, ids_keep, (4, 8)), "rectangular patches")
 
 
+# (tubelet, video shape (C, T, H, W)); width-16 RGB tubelets take the native CPU kernels' AVX-512 path
+VIDEO_CASES = [((2, 4, 4), (3, 6, 8, 12)), ((2, 16, 16), (3, 4, 32, 48))]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_video_tubelets(backend: str, dtype: torch.dtype, device: torch.device) -> None:
-    tubelet = (2, 4, 4)
-    videos = torch.randn(2, 3, 6, 8, 12, device=device).to(dtype).requires_grad_()
-    ids_keep = random_ids(2, 3 * 2 * 3, 5, device)
+@pytest.mark.parametrize("case", VIDEO_CASES, ids=lambda c: "t{}x{}x{}".format(*c[0]))
+def test_video_tubelets(backend: str, case: tuple, dtype: torch.dtype, device: torch.device) -> None:
+    tubelet, shape = case
+    grid = [n // p for n, p in zip(shape[1:], tubelet, strict=True)]
+    length = grid[0] * grid[1] * grid[2]
+    videos = torch.randn(2, *shape, device=device).to(dtype).requires_grad_()
+    ids_keep = random_ids(2, length, 5, device)
     out = patchify_gather(videos, ids_keep, tubelet)
-    assert out.shape == (2, 5, 2 * 4 * 4 * 3)
+    assert out.shape == (2, 5, tubelet[0] * tubelet[1] * tubelet[2] * shape[0])
     assert_bitwise_equal(out, loop_gather(videos.detach(), ids_keep, tubelet), "tubelets")
     # backward against autograd through the slicing oracle
     grad = torch.randn_like(out)

@@ -17,6 +17,7 @@
 
 #include "../geometry.h"
 #include "fresh_pages.h"
+#include "interleave_avx512.h"
 #include "lanes.h"
 
 namespace fastmae_native {
@@ -85,6 +86,35 @@ FASTMAE_ISA_CLONES void gather_rows(const PatchGeometry& g, const Bits* src, con
   }
 }
 
+#if defined(FASTMAE_AVX512_PATH)
+// gather_rows for C = 3, pw = 16 and 16/32-bit elements, with the permute interleave (interleave_avx512.h).
+template <typename Bits>
+FASTMAE_AVX512_TARGET void gather_rows_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep,
+                                             Bits* dst, int64_t begin, int64_t end) {
+  constexpr int64_t kAhead = 3;
+  const InterleaveTables& tables = interleave_tables();
+  const int64_t patch_dim = g.patch_dim(), cstride = g.channel_stride();
+  auto origin = [&](int64_t n) { return src + (n / keep) * g.sample_stride() + g.patch_origin(id[n]); };
+  for (int64_t n = begin; n < std::min(end, begin + kAhead); ++n) prefetch_patch(g, origin(n));
+  for (int64_t n = begin; n < end; ++n) {
+    if (n + kAhead < end) prefetch_patch(g, origin(n + kAhead));
+    const Bits* image = origin(n);
+    Bits* patch_row = dst + n * patch_dim;
+    for (int64_t t = 0; t < g.pt; ++t) {
+      const Bits* img_row = image + t * g.height * g.width;
+      for (int64_t i = 0; i < g.ph; ++i, img_row += g.width, patch_row += 48)
+        interleave3x16(img_row, img_row + cstride, img_row + 2 * cstride, patch_row, tables);
+    }
+  }
+}
+#endif
+
+// The permute path where it applies (ViT RGB patches of width 16 on an AVX-512 CPU), else the portable loop.
+template <typename Bits>
+bool rgb16_fast_path(const PatchGeometry& g) {
+  return (sizeof(Bits) == 2 || sizeof(Bits) == 4) && g.chans == 3 && g.pw == 16 && avx512_path();
+}
+
 template <typename Bits>
 void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Tensor& ids, at::Tensor& out) {
   const int64_t keep = ids.size(1);
@@ -93,7 +123,13 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
+  const bool fast = rgb16_fast_path<Bits>(g);
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
+#if defined(FASTMAE_AVX512_PATH)
+    if constexpr (sizeof(Bits) <= 4) {
+      if (fast) return gather_rows_rgb16<Bits>(g, src, id, keep, dst, begin, end);
+    }
+#endif
     switch (g.chans) {
       case 1: return gather_rows<Bits, 1>(g, src, id, keep, dst, begin, end);
       case 3: return gather_rows<Bits, 3>(g, src, id, keep, dst, begin, end);
@@ -131,6 +167,33 @@ FASTMAE_ISA_CLONES void scatter_strip(const PatchGeometry& g, const Bits* src, c
   }
 }
 
+#if defined(FASTMAE_AVX512_PATH)
+// scatter_strip for C = 3, pw = 16 and 16/32-bit elements: permute de-interleave, streaming stores.
+template <typename Bits>
+FASTMAE_AVX512_TARGET void scatter_strip_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch,
+                                               int64_t keep, Bits* dst, int64_t b, int64_t strip) {
+  const InterleaveTables& tables = interleave_tables();
+  const int64_t patch_dim = g.patch_dim();
+  const int64_t lt = strip / g.gh, lh = strip % g.gh;
+  const int64_t* slots = slot_of_patch + b * g.num_patches() + strip * g.gw;
+  const Bits* rows = src + b * keep * patch_dim;
+  for (int c = 0; c < 3; ++c) {
+    for (int64_t t = 0; t < g.pt; ++t) {
+      Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() + ((lt * g.pt + t) * g.height + lh * g.ph) * g.width;
+      for (int64_t i = 0, r = t * g.ph; i < g.ph; ++i, ++r, line += g.width) {  // r: the row inside a patch
+        for (int64_t lw = 0; lw < g.gw; ++lw) {
+          if (slots[lw] < 0) {
+            zero_run16(line + lw * 16);
+          } else {
+            deinterleave3x16(rows + slots[lw] * patch_dim + r * 48, c, line + lw * 16, tables);
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 template <typename Bits>
 void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::vector<int64_t>& slot_of_patch,
                      at::Tensor& out) {
@@ -139,7 +202,18 @@ void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::
   const auto* src = static_cast<const Bits*>(grad.const_data_ptr());
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(g.gw * g.patch_dim(), 1));
+  const bool fast = rgb16_fast_path<Bits>(g);
   at::parallel_for(0, g.batch * strips, grain, [&](int64_t begin, int64_t end) {
+#if defined(FASTMAE_AVX512_PATH)
+    if constexpr (sizeof(Bits) <= 4) {
+      if (fast) {
+        for (int64_t n = begin; n < end; ++n)
+          scatter_strip_rgb16<Bits>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
+        _mm_sfence();  // streaming stores are weakly ordered: make them visible before the task ends
+        return;
+      }
+    }
+#endif
     for (int64_t n = begin; n < end; ++n) {
       switch (g.chans) {
         case 1: scatter_strip<Bits, 1>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips); break;

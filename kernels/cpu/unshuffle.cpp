@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../geometry.h"
+#include "avx512_path.h"
 #include "fresh_pages.h"
 #include "lanes.h"
 
@@ -30,6 +31,56 @@ namespace fastmae_native {
 namespace {
 
 constexpr int64_t kRowsPerTask = 8;  // backward: rows per task; fixes the float32 summation order
+
+#if defined(FASTMAE_AVX512_PATH)
+// dst[j] = bf16(float(src[j]) + float(pos[j])) for bf16 rows, 16 lanes at a time: the add and the integer
+// round-to-nearest-even of store_as (NaN kept NaN, quiet, sign and upper payload kept), so bitwise the
+// portable loop's results. (vcvtneps2bf16 would round in one instruction but flushes subnormals.)
+FASTMAE_AVX512_TARGET inline __m512i widen_bf16(const c10::BFloat16* p) {  // 16 bf16 -> their float32 bits
+  return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+}
+
+FASTMAE_AVX512_TARGET void add_round_bf16(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
+                                          int64_t n) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+  const __m512i quiet = _mm512_set1_epi32(0x40);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512i bits = _mm512_castps_si512(
+        _mm512_add_ps(_mm512_castsi512_ps(widen_bf16(src + j)), _mm512_castsi512_ps(widen_bf16(pos + j))));
+    const __m512i upper = _mm512_srli_epi32(bits, 16);
+    const __m512i rounded =
+        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, bias), _mm512_and_si512(upper, one)), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, magnitude), inf);
+    const __m512i out = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(upper, quiet));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm512_cvtepi32_epi16(out));
+  }
+  for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
+}
+
+// Backward sums of one grad_out row, in one pass: mask_acc[j] += g[j] (masked rows; may be null) and
+// pos_acc[j] += g[j] (may be null), each element one float32 add as in the portable loops.
+FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
+FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const c10::BFloat16* p) {
+  return _mm512_castsi512_ps(widen_bf16(p));
+}
+
+template <typename GT>
+FASTMAE_AVX512_TARGET void accumulate_row(const GT* g, float* mask_acc, float* pos_acc, int64_t width) {
+  int64_t j = 0;
+  for (; j + 16 <= width; j += 16) {
+    const __m512 v = load16_as_float(g + j);
+    if (mask_acc != nullptr) _mm512_storeu_ps(mask_acc + j, _mm512_add_ps(_mm512_loadu_ps(mask_acc + j), v));
+    if (pos_acc != nullptr) _mm512_storeu_ps(pos_acc + j, _mm512_add_ps(_mm512_loadu_ps(pos_acc + j), v));
+  }
+  for (; j < width; ++j) {
+    const float v = load_as<float>(g[j]);
+    if (mask_acc != nullptr) mask_acc[j] += v;
+    if (pos_acc != nullptr) pos_acc[j] += v;
+  }
+}
+#endif
 
 // Output rows [begin, end) of (B, 1+L) (one parallel task).
 template <typename XT, typename OT>
@@ -55,6 +106,14 @@ FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_da
       }
     } else {
       const OT* pos_row = pos_data + r * width;
+#if defined(FASTMAE_AVX512_PATH)
+      if constexpr (std::is_same_v<XT, c10::BFloat16> && std::is_same_v<OT, c10::BFloat16>) {
+        if (avx512_path()) {
+          add_round_bf16(src, pos_row, dst, width);
+          continue;
+        }
+      }
+#endif
       for (int64_t j = 0; j < width; ++j) {
         dst[j] = store_as<OT>(load_as<Op>(src[j]) + load_as<Op>(pos_row[j]));
       }
@@ -127,12 +186,15 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
                                                  float* pos_sum, int64_t batch, int64_t rows, int64_t width,
                                                  int64_t visible, int64_t begin, int64_t end) {
   const int64_t length = rows - 1;
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
-    float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
-    for (int64_t b = 0; b < batch; ++b) {
+  [[maybe_unused]] const bool wide = avx512_path();
+  // sample-major, so grad_out is read in memory order; each sum still adds the samples in ascending order
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+      float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
       for (int64_t r = r0; r < r1; ++r) {
         const GT* g_row = g + (b * rows + r) * width;
+        float* mask_acc_row = mask_acc;
         const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
         const bool masked = r > 0 && slot >= visible;
         if (gx != nullptr && !masked) {
@@ -143,12 +205,21 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
             for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
           }
         }
-        if (mask_acc != nullptr && masked) {
-          for (int64_t j = 0; j < width; ++j) mask_acc[j] += load_as<float>(g_row[j]);
+        float* pos_acc = pos_sum != nullptr ? pos_sum + r * width : nullptr;
+        if (!masked) mask_acc_row = nullptr;
+#if defined(FASTMAE_AVX512_PATH)
+        if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
+          if (wide) {
+            accumulate_row(g_row, mask_acc_row, pos_acc, width);
+            continue;
+          }
         }
-        if (pos_sum != nullptr) {
-          float* acc = pos_sum + r * width;
-          for (int64_t j = 0; j < width; ++j) acc[j] += load_as<float>(g_row[j]);
+#endif
+        if (mask_acc_row != nullptr) {
+          for (int64_t j = 0; j < width; ++j) mask_acc_row[j] += load_as<float>(g_row[j]);
+        }
+        if (pos_acc != nullptr) {
+          for (int64_t j = 0; j < width; ++j) pos_acc[j] += load_as<float>(g_row[j]);
         }
       }
     }
