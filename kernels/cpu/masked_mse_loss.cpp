@@ -27,6 +27,7 @@
 #include "../geometry.h"
 #include "fresh_pages.h"
 #include "lanes.h"
+#include "prefetch_patch.h"
 
 namespace fastmae_native {
 namespace {
@@ -112,20 +113,9 @@ struct RowIO {
     }
   }
 
-  // Asks for the cache lines of a row about to be read. A pixel row is pt*ph*C short runs far apart, which
-  // the hardware prefetchers do not follow: without this the loop waits on memory latency, not bandwidth.
-  // Always inlined: GCC deems an out-of-line function of prefetches alone pure and drops its calls.
+  // Asks for the cache lines of a pixel row about to be read (its patch's short runs; prefetch_patch.h).
   [[gnu::always_inline]] void prefetch(const ST* src) const {
-    if (!lay.pixels) return;  // one contiguous row: the hardware streams it
-    const PatchGeometry& g = lay.geo;
-    constexpr int64_t kLine = 64 / sizeof(ST);
-    for (int64_t c = 0; c < g.chans; ++c)
-      for (int64_t t = 0; t < g.pt; ++t)
-        for (int64_t i = 0; i < g.ph; ++i) {
-          const ST* run = src + c * g.channel_stride() + (t * g.height + i) * g.width;
-          for (int64_t j = 0; j < g.pw; j += kLine) __builtin_prefetch(run + j);
-          __builtin_prefetch(run + g.pw - 1);  // a run that straddles a line boundary
-        }
+    if (lay.pixels) prefetch_patch(lay.geo, src);  // else one contiguous row: the hardware streams it
   }
 
   // the inverse of read: row (channel-last) -> source layout

@@ -19,6 +19,7 @@
 #include "fresh_pages.h"
 #include "interleave_avx512.h"
 #include "lanes.h"
+#include "prefetch_patch.h"
 
 namespace fastmae_native {
 namespace {
@@ -56,21 +57,6 @@ template <typename Bits, int kChans>
       }
     }
   }
-}
-
-// Asks for the cache lines of a patch about to be gathered: its pt*ph*C short runs lie far apart, which the
-// hardware prefetchers do not follow. Always inlined: GCC deems a function of prefetches alone pure and
-// drops its calls.
-template <typename Bits>
-[[gnu::always_inline]] inline void prefetch_patch(const PatchGeometry& g, const Bits* image) {
-  constexpr int64_t kLine = 64 / sizeof(Bits);
-  for (int64_t c = 0; c < g.chans; ++c)
-    for (int64_t t = 0; t < g.pt; ++t)
-      for (int64_t i = 0; i < g.ph; ++i) {
-        const Bits* run = image + c * g.channel_stride() + (t * g.height + i) * g.width;
-        for (int64_t j = 0; j < g.pw; j += kLine) __builtin_prefetch(run + j);
-        __builtin_prefetch(run + g.pw - 1);  // a run that straddles a line boundary
-      }
 }
 
 template <typename Bits, int kChans>
