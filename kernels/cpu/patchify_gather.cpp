@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../geometry.h"
-#include "fresh_pages.h"
+#include "output_cache.h"
 #include "interleave_avx512.h"
 #include "lanes.h"
 #include "prefetch_patch.h"
