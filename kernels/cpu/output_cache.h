@@ -1,12 +1,13 @@
-// Large CPU outputs from a cache of freed blocks.
+// CPU outputs of 1 MiB or more from a cache of freed blocks.
 //
-// glibc maps every block over 32 MiB anew on each allocation and unmaps it on free, so each call's output
-// starts as untouched pages: the OS faults in and zeroes every page on the kernel's first write. For a
+// glibc serves a block over its mmap threshold (128 KiB at first, raised up to 32 MiB by the blocks freed
+// since) with fresh pages from the OS and unmaps it on free, so which outputs start untouched depends on the
+// process's history, and for those the OS faults in and zeroes every page at the kernel's first write: for a
 // ViT-B float32 image gradient (38.5 MB) that took twice as long as the kernel's own writes (docs/native.md).
-// Outputs of at least kCachedBytes therefore come from a small cache, as the CUDA caching allocator does on
-// the GPU: a block whose tensor dies is kept (up to FASTMAE_NATIVE_CACHE_MB in all, default 512; 0 turns
-// the cache off; oldest blocks freed first) and handed out again for a request of the same rounded size.
-// A fresh block is 2 MiB aligned and asks for transparent huge pages (one fault per 2 MiB instead of 512).
+// So outputs of at least kCachedBytes come from a small cache, as the CUDA caching allocator does on the GPU:
+// a block whose tensor dies is kept (up to FASTMAE_NATIVE_CACHE_MB in all, default 512; 0 turns the cache
+// off; oldest blocks freed first) and handed out again for a request of the same rounded size. A fresh block
+// of 2 MiB or more is 2 MiB aligned and asks for transparent huge pages (one fault per 2 MiB, not 512).
 // Only where memory comes from changes: every output is written in full by its kernel, results identical.
 #pragma once
 
@@ -30,8 +31,9 @@ namespace fastmae_native {
 
 class OutputCache final : public c10::Allocator {
  public:
-  static constexpr size_t kCachedBytes = size_t(32) << 20;  // glibc's largest mmap threshold
-  static constexpr size_t kAlign = size_t(2) << 20;          // a transparent huge page
+  static constexpr size_t kCachedBytes = size_t(1) << 20;
+  static constexpr size_t kHugePage = size_t(2) << 20;  // a transparent huge page
+  static constexpr size_t kPage = size_t(4) << 10;
 
   static OutputCache& instance() {
     static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive static teardown
@@ -39,9 +41,10 @@ class OutputCache final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t nbytes) override {
-    const size_t size = (nbytes + kAlign - 1) / kAlign * kAlign;
+    const size_t grain = nbytes >= kHugePage ? kHugePage : kPage;  // blocks of a size class are alike
+    const size_t size = (nbytes + grain - 1) / grain * grain;
     void* data = take(size);
-    if (data == nullptr) data = fresh(size);
+    if (data == nullptr) data = fresh(size, grain);
     return {data, new Block{data, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -67,11 +70,11 @@ class OutputCache final : public c10::Allocator {
     return static_cast<size_t>(mib) << 20;
   }
 
-  static void* fresh(size_t size) {
-    void* data = std::aligned_alloc(kAlign, size);
+  static void* fresh(size_t size, size_t align) {
+    void* data = std::aligned_alloc(align, size);
     TORCH_CHECK(data != nullptr, "fastmae native: out of memory allocating ", size, " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(data, size, MADV_HUGEPAGE);  // only a hint: failure changes nothing
+    if (align == kHugePage) madvise(data, size, MADV_HUGEPAGE);  // only a hint: failure changes nothing
 #endif
     return data;
   }

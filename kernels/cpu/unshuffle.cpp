@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "../geometry.h"
-#include "avx512_path.h"
+#include "simd_path.h"
 #include "output_cache.h"
 #include "lanes.h"
 
@@ -173,6 +173,7 @@ FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_da
         }
       }
 #endif
+#pragma GCC ivdep  // the output is a fresh tensor: it overlaps neither input
       for (int64_t j = 0; j < width; ++j) {
         dst[j] = store_as<OT>(load_as<Op>(src[j]) + load_as<Op>(pos_row[j]));
       }
