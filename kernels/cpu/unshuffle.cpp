@@ -59,6 +59,36 @@ template <int N, Order kOrder, typename V, typename Add>
   }
 }
 
+#if defined(FASTMAE_AVX2_PATH)
+// add_round_bf16_avx512 with AVX2, 16 elements at a time. Interleaving zeros below the bf16 values widens
+// them to float32 in a lane order (0-3 and 8-11, then 4-7 and 12-15) that the saturating pack undoes, so no
+// cross-lane step is needed; NaN sums take the quiet upper half, as store_as does.
+FASTMAE_AVX2_TARGET void add_round_bf16_avx2(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
+                                             int64_t n) {
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
+  const __m256i quiet = _mm256_set1_epi32(0x40);
+  auto round = [&](__m256 sum) FASTMAE_AVX2_TARGET {
+    const __m256i bits = _mm256_castps_si256(sum);
+    const __m256i upper = _mm256_srli_epi32(bits, 16);
+    const __m256i rounded =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, bias), _mm256_and_si256(upper, one)), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(sum, sum, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(rounded, _mm256_or_si256(upper, quiet), nan);
+  };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pos + j));
+    const __m256 low = _mm256_add_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a)),
+                                     _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b)));
+    const __m256 high = _mm256_add_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a)),
+                                      _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm256_packus_epi32(round(low), round(high)));
+  }
+  for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
+}
+#endif
+
 #if defined(FASTMAE_AVX512_PATH)
 // dst[j] = bf16(float(src[j]) + float(pos[j])) for bf16 rows, 16 lanes at a time: the add and the integer
 // round-to-nearest-even of store_as (NaN kept NaN, quiet, sign and upper payload kept), so bitwise the
@@ -67,8 +97,8 @@ FASTMAE_AVX512_TARGET inline __m512i widen_bf16(const c10::BFloat16* p) {  // 16
   return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
 }
 
-FASTMAE_AVX512_TARGET void add_round_bf16(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
-                                          int64_t n) {
+FASTMAE_AVX512_TARGET void add_round_bf16_avx512(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
+                                                 int64_t n) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
   const __m512i quiet = _mm512_set1_epi32(0x40);
@@ -165,14 +195,20 @@ FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_da
       }
     } else {
       const OT* pos_row = pos_data + r * width;
-#if defined(FASTMAE_AVX512_PATH)
       if constexpr (std::is_same_v<XT, c10::BFloat16> && std::is_same_v<OT, c10::BFloat16>) {
+#if defined(FASTMAE_AVX512_PATH)
         if (avx512_path()) {
-          add_round_bf16(src, pos_row, dst, width);
+          add_round_bf16_avx512(src, pos_row, dst, width);
           continue;
         }
-      }
 #endif
+#if defined(FASTMAE_AVX2_PATH)
+        if (avx2_path()) {
+          add_round_bf16_avx2(src, pos_row, dst, width);
+          continue;
+        }
+#endif
+      }
 #pragma GCC ivdep  // the output is a fresh tensor: it overlaps neither input
       for (int64_t j = 0; j < width; ++j) {
         dst[j] = store_as<OT>(load_as<Op>(src[j]) + load_as<Op>(pos_row[j]));
