@@ -266,3 +266,23 @@ def test_backward_narrowing_keeps_nan_and_inf(backend: str, device: torch.device
     reference = grad_out[:, :1 + keep].to(torch.bfloat16)  # any rows: every row holds the same patterns
     assert torch.equal(grad_x.isnan(), reference.isnan()) and torch.equal(grad_x.isinf(), reference.isinf())
     assert torch.equal(grad_x.signbit() & grad_x.isinf(), reference.signbit() & reference.isinf())
+
+
+def test_native_backward_sums_do_not_depend_on_the_thread_count(use_backend) -> None:  # type: ignore[no-untyped-def]
+    """The native backward splits rows over threads and samples into groups of four: a fixed summation order,
+    so one and two threads give the same bits (batch 7: groups of 4 and 3; enough rows for two tasks)."""
+    use_backend("native")
+    cpu = torch.device("cpu")
+    inputs = make_inputs(7, 64, 16, 256, BF16, F32, F32, device=cpu)
+    weights = torch.randn(7, 65, 256)
+    grads = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = unshuffle_with_mask_token(*inputs)
+            grads.append(torch.autograd.grad((out.float() * weights).sum(), [inputs[0], inputs[1], inputs[3]]))
+    finally:
+        torch.set_num_threads(previous)
+    for name, one, two in zip(("x_vis", "mask_token", "pos_embed"), *grads):
+        assert_bitwise_equal(two, one, f"grad {name}")

@@ -2,12 +2,12 @@
 // of C = 3 planes' 16-element runs becomes one channel-last run of 48 elements (gather) and back (scatter).
 // GCC's own vectorisation of the strided loop does this with many narrow shuffles; two vpermt2ps (fp32) or
 // one vpermt2w (16-bit) per 64-byte output stays close to load/store speed. Callers take it only when
-// avx512_path() (avx512_path.h) says so.
+// avx512_path() (simd_path.h) says so; interleave_avx2.h does the same with AVX2.
 #pragma once
 
 #include <cstdint>
 
-#include "avx512_path.h"
+#include "simd_path.h"
 
 namespace fastmae_native {
 
@@ -51,8 +51,9 @@ inline const InterleaveTables& interleave_tables() {
 }
 
 // 32-bit elements: three 16-element runs -> 48 interleaved elements.
-FASTMAE_AVX512_TARGET inline void interleave3x16(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2,
-                                                 uint32_t* out, const InterleaveTables& t) {
+FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2,
+                                                        uint32_t* out) {
+  const InterleaveTables& t = interleave_tables();
   const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1), c = _mm512_loadu_si512(r2);
   for (int v = 0; v < 3; ++v) {
     const __m512i ab = _mm512_permutex2var_epi32(a, _mm512_load_si512(t.gather_a[v]), b);
@@ -61,8 +62,9 @@ FASTMAE_AVX512_TARGET inline void interleave3x16(const uint32_t* r0, const uint3
 }
 
 // 16-bit elements: the same, one permute per output part.
-FASTMAE_AVX512_TARGET inline void interleave3x16(const uint16_t* r0, const uint16_t* r1, const uint16_t* r2,
-                                                 uint16_t* out, const InterleaveTables& t) {
+FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint16_t* r0, const uint16_t* r1, const uint16_t* r2,
+                                                        uint16_t* out) {
+  const InterleaveTables& t = interleave_tables();
   const __m512i ab = _mm512_inserti64x4(
       _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0))),
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1)), 1);
@@ -75,8 +77,8 @@ FASTMAE_AVX512_TARGET inline void interleave3x16(const uint16_t* r0, const uint1
 // Channel c's 16-element run out of a 48-element channel-last row, -0.0 turned into +0.0 (see
 // positive_zero in patchify_gather.cpp), stored with a streaming store when `run` is aligned: the scatter
 // writes a whole image it does not read again, so skipping the read-for-ownership halves its DRAM traffic.
-FASTMAE_AVX512_TARGET inline void deinterleave3x16(const uint32_t* row, int c, uint32_t* run,
-                                                   const InterleaveTables& t) {
+FASTMAE_AVX512_TARGET inline void deinterleave3x16_avx512(const uint32_t* row, int c, uint32_t* run) {
+  const InterleaveTables& t = interleave_tables();
   const __m512i p0 = _mm512_loadu_si512(row), p1 = _mm512_loadu_si512(row + 16), p2 = _mm512_loadu_si512(row + 32);
   const __m512i lo = _mm512_permutex2var_epi32(p0, _mm512_load_si512(t.scatter_a[c]), p1);
   __m512i v = _mm512_permutex2var_epi32(lo, _mm512_load_si512(t.scatter_b[c]), p2);
@@ -88,8 +90,8 @@ FASTMAE_AVX512_TARGET inline void deinterleave3x16(const uint32_t* row, int c, u
   }
 }
 
-FASTMAE_AVX512_TARGET inline void deinterleave3x16(const uint16_t* row, int c, uint16_t* run,
-                                                   const InterleaveTables& t) {
+FASTMAE_AVX512_TARGET inline void deinterleave3x16_avx512(const uint16_t* row, int c, uint16_t* run) {
+  const InterleaveTables& t = interleave_tables();
   const __m512i p01 = _mm512_loadu_si512(row);
   const __m512i p2 = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32)));
   __m512i v = _mm512_permutex2var_epi16(p01, _mm512_load_si512(t.scatter16[c]), p2);
@@ -104,7 +106,7 @@ FASTMAE_AVX512_TARGET inline void deinterleave3x16(const uint16_t* row, int c, u
 
 // Zeros for a removed patch's 16-element run, streamed like the runs around it.
 template <typename Bits>
-FASTMAE_AVX512_TARGET inline void zero_run16(Bits* run) {
+FASTMAE_AVX512_TARGET inline void zero_run16_avx512(Bits* run) {
   constexpr uintptr_t kBytes = 16 * sizeof(Bits);
   if constexpr (kBytes == 64) {
     if ((reinterpret_cast<uintptr_t>(run) & 63) == 0) return _mm512_stream_si512(reinterpret_cast<__m512i*>(run), _mm512_setzero_si512());

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "../geometry.h"
-#include "fresh_pages.h"
+#include "output_cache.h"
 #include "lanes.h"
 #include "prefetch_patch.h"
 

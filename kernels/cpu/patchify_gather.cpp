@@ -13,10 +13,12 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../geometry.h"
-#include "fresh_pages.h"
+#include "output_cache.h"
+#include "interleave_avx2.h"
 #include "interleave_avx512.h"
 #include "lanes.h"
 #include "prefetch_patch.h"
@@ -35,7 +37,7 @@ inline Bits positive_zero(Bits v) {
 // Copies one patch from the image (channel planes) into its channel-last row. kChans > 0 fixes C at compile
 // time (1 and 3 are the common cases); 0 reads it from g.
 template <typename Bits, int kChans>
-[[gnu::always_inline]] inline void gather_patch(const PatchGeometry& g, const Bits* image, Bits* patch) {
+FASTMAE_ISA_CLONES void gather_patch(const PatchGeometry& g, const Bits* image, Bits* patch) {
   const int64_t chans = kChans > 0 ? kChans : g.chans;
   const int64_t cstride = g.channel_stride();
   for (int64_t t = 0; t < g.pt; ++t) {
@@ -59,46 +61,104 @@ template <typename Bits, int kChans>
   }
 }
 
+// One line of the image's plane c in a strip of patches (see scatter_strip): each patch's pw-element run,
+// read from row r of its gradient row (stride C) when the patch was kept, zeros otherwise.
 template <typename Bits, int kChans>
-FASTMAE_ISA_CLONES void gather_rows(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep, Bits* dst, int64_t begin,
-                 int64_t end) {
+FASTMAE_ISA_CLONES void scatter_line(const PatchGeometry& g, const Bits* rows, const int64_t* slots, int64_t r, int c,
+                                     Bits* line) {
+  const int64_t chans = kChans > 0 ? kChans : g.chans, patch_dim = g.patch_dim();
+  const int64_t offset = r * g.pw * chans + c;  // of this run's first element in a patch row
+  for (int64_t lw = 0; lw < g.gw; ++lw) {
+    Bits* run = line + lw * g.pw;
+    if (slots[lw] < 0) {
+      std::memset(run, 0, g.pw * sizeof(Bits));
+      continue;
+    }
+    const Bits* patch = rows + slots[lw] * patch_dim + offset;
+    for (int64_t j = 0; j < g.pw; ++j) run[j] = positive_zero(patch[j * chans]);
+  }
+}
+
+// The same two kernels for C = 3 and pw = 16 with an ISA's permute interleave (interleave_avx512.h,
+// interleave_avx2.h): stamped once per ISA so that the primitives inline into code of their target.
+#define FASTMAE_RGB16_KERNELS(ISA, TARGET)                                                                    \
+  template <typename Bits>                                                                                    \
+  TARGET void gather_patch_rgb16_##ISA(const PatchGeometry& g, const Bits* image, Bits* patch_row) {          \
+    const int64_t cstride = g.channel_stride();                                                               \
+    for (int64_t t = 0; t < g.pt; ++t) {                                                                      \
+      const Bits* img_row = image + t * g.height * g.width;                                                   \
+      for (int64_t i = 0; i < g.ph; ++i, img_row += g.width, patch_row += 48)                                 \
+        interleave3x16_##ISA(img_row, img_row + cstride, img_row + 2 * cstride, patch_row);                   \
+    }                                                                                                         \
+  }                                                                                                           \
+  template <typename Bits>                                                                                    \
+  TARGET void scatter_line_rgb16_##ISA(const PatchGeometry& g, const Bits* rows, const int64_t* slots,        \
+                                       int64_t r, int c, Bits* line) {                                        \
+    const int64_t patch_dim = g.patch_dim();                                                                  \
+    for (int64_t lw = 0; lw < g.gw; ++lw) {                                                                   \
+      if (slots[lw] < 0) {                                                                                    \
+        zero_run16_##ISA(line + lw * 16);                                                                     \
+      } else {                                                                                                \
+        deinterleave3x16_##ISA(rows + slots[lw] * patch_dim + r * 48, c, line + lw * 16);                     \
+      }                                                                                                       \
+    }                                                                                                         \
+  }
+
+#if defined(FASTMAE_AVX512_PATH)
+FASTMAE_RGB16_KERNELS(avx512, FASTMAE_AVX512_TARGET)
+#endif
+#if defined(FASTMAE_AVX2_PATH)
+FASTMAE_RGB16_KERNELS(avx2, FASTMAE_AVX2_TARGET)
+#endif
+#undef FASTMAE_RGB16_KERNELS
+
+template <typename Bits>
+using PatchKernel = void (*)(const PatchGeometry&, const Bits*, Bits*);
+template <typename Bits>
+using LineKernel = void (*)(const PatchGeometry&, const Bits*, const int64_t*, int64_t, int, Bits*);
+
+// The kernels for this geometry: the permute interleave where it applies (ViT RGB patches of width 16 on an
+// AVX-512 or AVX2 CPU, 16/32-bit elements), else the portable loops. *streaming: whether the line kernel
+// streams its stores (then each task ends with a fence).
+template <typename Bits>
+std::pair<PatchKernel<Bits>, LineKernel<Bits>> pick_kernels(const PatchGeometry& g, bool* streaming) {
+  *streaming = false;
+  if constexpr (sizeof(Bits) == 2 || sizeof(Bits) == 4) {
+    if (g.chans == 3 && g.pw == 16) {
+#if defined(FASTMAE_AVX512_PATH)
+      if (avx512_path()) {
+        *streaming = true;
+        return {&gather_patch_rgb16_avx512<Bits>, &scatter_line_rgb16_avx512<Bits>};
+      }
+#endif
+#if defined(FASTMAE_AVX2_PATH)
+      if (avx2_path()) {
+        *streaming = true;
+        return {&gather_patch_rgb16_avx2<Bits>, &scatter_line_rgb16_avx2<Bits>};
+      }
+#endif
+    }
+  }
+  switch (g.chans) {
+    case 1: return {&gather_patch<Bits, 1>, &scatter_line<Bits, 1>};
+    case 3: return {&gather_patch<Bits, 3>, &scatter_line<Bits, 3>};
+    default: return {&gather_patch<Bits, 0>, &scatter_line<Bits, 0>};
+  }
+}
+
+// Output rows [begin, end) of (B*K): inside a patch each image row is a contiguous run per channel, the runs
+// of patches a few ahead are prefetched, and copy_patch does the NCHW -> channel-last reorder.
+template <typename Bits>
+void gather_rows(PatchKernel<Bits> copy_patch, const PatchGeometry& g, const Bits* src, const int64_t* id,
+                 int64_t keep, Bits* dst, int64_t begin, int64_t end) {
   constexpr int64_t kAhead = 3;  // patches in flight ahead of the copy
   const int64_t patch_dim = g.patch_dim();
   auto origin = [&](int64_t n) { return src + (n / keep) * g.sample_stride() + g.patch_origin(id[n]); };
   for (int64_t n = begin; n < std::min(end, begin + kAhead); ++n) prefetch_patch(g, origin(n));
   for (int64_t n = begin; n < end; ++n) {
     if (n + kAhead < end) prefetch_patch(g, origin(n + kAhead));
-    gather_patch<Bits, kChans>(g, origin(n), dst + n * patch_dim);
+    copy_patch(g, origin(n), dst + n * patch_dim);
   }
-}
-
-#if defined(FASTMAE_AVX512_PATH)
-// gather_rows for C = 3, pw = 16 and 16/32-bit elements, with the permute interleave (interleave_avx512.h).
-template <typename Bits>
-FASTMAE_AVX512_TARGET void gather_rows_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* id, int64_t keep,
-                                             Bits* dst, int64_t begin, int64_t end) {
-  constexpr int64_t kAhead = 3;
-  const InterleaveTables& tables = interleave_tables();
-  const int64_t patch_dim = g.patch_dim(), cstride = g.channel_stride();
-  auto origin = [&](int64_t n) { return src + (n / keep) * g.sample_stride() + g.patch_origin(id[n]); };
-  for (int64_t n = begin; n < std::min(end, begin + kAhead); ++n) prefetch_patch(g, origin(n));
-  for (int64_t n = begin; n < end; ++n) {
-    if (n + kAhead < end) prefetch_patch(g, origin(n + kAhead));
-    const Bits* image = origin(n);
-    Bits* patch_row = dst + n * patch_dim;
-    for (int64_t t = 0; t < g.pt; ++t) {
-      const Bits* img_row = image + t * g.height * g.width;
-      for (int64_t i = 0; i < g.ph; ++i, img_row += g.width, patch_row += 48)
-        interleave3x16(img_row, img_row + cstride, img_row + 2 * cstride, patch_row, tables);
-    }
-  }
-}
-#endif
-
-// The permute path where it applies (ViT RGB patches of width 16 on an AVX-512 CPU), else the portable loop.
-template <typename Bits>
-bool rgb16_fast_path(const PatchGeometry& g) {
-  return (sizeof(Bits) == 2 || sizeof(Bits) == 4) && g.chans == 3 && g.pw == 16 && avx512_path();
 }
 
 template <typename Bits>
@@ -109,76 +169,29 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
-  const bool fast = rgb16_fast_path<Bits>(g);
+  bool streaming;
+  const PatchKernel<Bits> copy_patch = pick_kernels<Bits>(g, &streaming).first;
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
-#if defined(FASTMAE_AVX512_PATH)
-    if constexpr (sizeof(Bits) <= 4) {
-      if (fast) return gather_rows_rgb16<Bits>(g, src, id, keep, dst, begin, end);
-    }
-#endif
-    switch (g.chans) {
-      case 1: return gather_rows<Bits, 1>(g, src, id, keep, dst, begin, end);
-      case 3: return gather_rows<Bits, 3>(g, src, id, keep, dst, begin, end);
-      default: return gather_rows<Bits, 0>(g, src, id, keep, dst, begin, end);
-    }
+    gather_rows<Bits>(copy_patch, g, src, id, keep, dst, begin, end);
   });
 }
 
 // Every image element is written once, in image order: each line of a strip of patches (one patch row of
-// the grid, all channels) is written left to right, a kept patch's run read from its gradient row (stride
-// C, the row stays in cache for the strip), zeros elsewhere. Sequential writes run at copy speed.
-template <typename Bits, int kChans>
-FASTMAE_ISA_CLONES void scatter_strip(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch, int64_t keep, Bits* dst,
-                   int64_t b, int64_t strip) {
-  const int64_t chans = kChans > 0 ? kChans : g.chans, patch_dim = g.patch_dim();
-  const int64_t lt = strip / g.gh, lh = strip % g.gh;
-  const int64_t* slots = slot_of_patch + b * g.num_patches() + strip * g.gw;
-  for (int64_t c = 0; c < chans; ++c) {
-    for (int64_t t = 0; t < g.pt; ++t) {
-      for (int64_t i = 0; i < g.ph; ++i) {
-        Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() +
-                     ((lt * g.pt + t) * g.height + lh * g.ph + i) * g.width;
-        const int64_t offset = (t * g.ph + i) * g.pw * chans + c;  // of this run's first element in a patch row
-        for (int64_t lw = 0; lw < g.gw; ++lw) {
-          Bits* run = line + lw * g.pw;
-          if (slots[lw] < 0) {
-            std::memset(run, 0, g.pw * sizeof(Bits));
-            continue;
-          }
-          const Bits* patch = src + (b * keep + slots[lw]) * patch_dim + offset;
-          for (int64_t j = 0; j < g.pw; ++j) run[j] = positive_zero(patch[j * chans]);
-        }
-      }
-    }
-  }
-}
-
-#if defined(FASTMAE_AVX512_PATH)
-// scatter_strip for C = 3, pw = 16 and 16/32-bit elements: permute de-interleave, streaming stores.
+// the grid, all channels) is written left to right, a kept patch's run read from its gradient row (the row
+// stays in cache for the strip), zeros elsewhere. Sequential writes run at copy speed.
 template <typename Bits>
-FASTMAE_AVX512_TARGET void scatter_strip_rgb16(const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch,
-                                               int64_t keep, Bits* dst, int64_t b, int64_t strip) {
-  const InterleaveTables& tables = interleave_tables();
-  const int64_t patch_dim = g.patch_dim();
+void scatter_strip(LineKernel<Bits> write_line, const PatchGeometry& g, const Bits* src, const int64_t* slot_of_patch,
+                   int64_t keep, Bits* dst, int64_t b, int64_t strip) {
   const int64_t lt = strip / g.gh, lh = strip % g.gh;
   const int64_t* slots = slot_of_patch + b * g.num_patches() + strip * g.gw;
-  const Bits* rows = src + b * keep * patch_dim;
-  for (int c = 0; c < 3; ++c) {
+  const Bits* rows = src + b * keep * g.patch_dim();
+  for (int64_t c = 0; c < g.chans; ++c) {
     for (int64_t t = 0; t < g.pt; ++t) {
       Bits* line = dst + b * g.sample_stride() + c * g.channel_stride() + ((lt * g.pt + t) * g.height + lh * g.ph) * g.width;
-      for (int64_t i = 0, r = t * g.ph; i < g.ph; ++i, ++r, line += g.width) {  // r: the row inside a patch
-        for (int64_t lw = 0; lw < g.gw; ++lw) {
-          if (slots[lw] < 0) {
-            zero_run16(line + lw * 16);
-          } else {
-            deinterleave3x16(rows + slots[lw] * patch_dim + r * 48, c, line + lw * 16, tables);
-          }
-        }
-      }
+      for (int64_t i = 0; i < g.ph; ++i, line += g.width) write_line(g, rows, slots, t * g.ph + i, static_cast<int>(c), line);
     }
   }
 }
-#endif
 
 template <typename Bits>
 void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::vector<int64_t>& slot_of_patch,
@@ -188,25 +201,14 @@ void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::
   const auto* src = static_cast<const Bits*>(grad.const_data_ptr());
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(g.gw * g.patch_dim(), 1));
-  const bool fast = rgb16_fast_path<Bits>(g);
+  bool streaming;
+  const LineKernel<Bits> write_line = pick_kernels<Bits>(g, &streaming).second;
   at::parallel_for(0, g.batch * strips, grain, [&](int64_t begin, int64_t end) {
-#if defined(FASTMAE_AVX512_PATH)
-    if constexpr (sizeof(Bits) <= 4) {
-      if (fast) {
-        for (int64_t n = begin; n < end; ++n)
-          scatter_strip_rgb16<Bits>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
-        _mm_sfence();  // streaming stores are weakly ordered: make them visible before the task ends
-        return;
-      }
-    }
+    for (int64_t n = begin; n < end; ++n)
+      scatter_strip<Bits>(write_line, g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
+#if defined(FASTMAE_AVX512_PATH) || defined(FASTMAE_AVX2_PATH)
+    if (streaming) _mm_sfence();  // streaming stores are weakly ordered: make them visible before the task ends
 #endif
-    for (int64_t n = begin; n < end; ++n) {
-      switch (g.chans) {
-        case 1: scatter_strip<Bits, 1>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips); break;
-        case 3: scatter_strip<Bits, 3>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips); break;
-        default: scatter_strip<Bits, 0>(g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
-      }
-    }
   });
 }
 

@@ -23,14 +23,71 @@
 #include <vector>
 
 #include "../geometry.h"
-#include "avx512_path.h"
-#include "fresh_pages.h"
+#include "simd_path.h"
+#include "output_cache.h"
 #include "lanes.h"
 
 namespace fastmae_native {
 namespace {
 
 constexpr int64_t kRowsPerTask = 8;  // backward: rows per task; fixes the float32 summation order
+
+// The backward sums one row r of a group of up to kSamplesPerGroup samples into a single addend per sum:
+// pos_embed's adds the group's rows pairwise ((g0 + g1) + (g2 + g3)), mask_token's adds the masked ones in
+// sample order (((g0 + g1) + g2) + g3). Summing a group in registers first divides the traffic to the float32
+// accumulator (1+L by d: in L2, not L1, at ViT-B) by the group size. The portable loop and the AVX-512 one
+// associate the adds the same way, so both give the same bits.
+constexpr int kSamplesPerGroup = 4;
+
+enum class Order { kPairwise, kSequential };
+
+// *sum = the group's sum of v[0..N) in kOrder. V is float or an AVX-512 register, add(&z, x, y) sets z = x + y
+// (through pointers and references: no vector passes by value through this non-AVX-512 template).
+template <int N, Order kOrder, typename V, typename Add>
+[[gnu::always_inline]] inline void group_sum(const V* v, V* sum, Add add) {
+  static_assert(N >= 1 && N <= 4);
+  if constexpr (N == 1) {
+    *sum = v[0];
+  } else if constexpr (N == 4 && kOrder == Order::kPairwise) {
+    V low, high;
+    add(&low, v[0], v[1]);
+    add(&high, v[2], v[3]);
+    add(sum, low, high);
+  } else {
+    add(sum, v[0], v[1]);
+    for (int i = 2; i < N; ++i) add(sum, *sum, v[i]);
+  }
+}
+
+#if defined(FASTMAE_AVX2_PATH)
+// add_round_bf16_avx512 with AVX2, 16 elements at a time. Interleaving zeros below the bf16 values widens
+// them to float32 in a lane order (0-3 and 8-11, then 4-7 and 12-15) that the saturating pack undoes, so no
+// cross-lane step is needed; NaN sums take the quiet upper half, as store_as does.
+FASTMAE_AVX2_TARGET void add_round_bf16_avx2(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
+                                             int64_t n) {
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
+  const __m256i quiet = _mm256_set1_epi32(0x40);
+  auto round = [&](__m256 sum) FASTMAE_AVX2_TARGET {
+    const __m256i bits = _mm256_castps_si256(sum);
+    const __m256i upper = _mm256_srli_epi32(bits, 16);
+    const __m256i rounded =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, bias), _mm256_and_si256(upper, one)), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(sum, sum, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(rounded, _mm256_or_si256(upper, quiet), nan);
+  };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pos + j));
+    const __m256 low = _mm256_add_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a)),
+                                     _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b)));
+    const __m256 high = _mm256_add_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a)),
+                                      _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm256_packus_epi32(round(low), round(high)));
+  }
+  for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
+}
+#endif
 
 #if defined(FASTMAE_AVX512_PATH)
 // dst[j] = bf16(float(src[j]) + float(pos[j])) for bf16 rows, 16 lanes at a time: the add and the integer
@@ -40,8 +97,8 @@ FASTMAE_AVX512_TARGET inline __m512i widen_bf16(const c10::BFloat16* p) {  // 16
   return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
 }
 
-FASTMAE_AVX512_TARGET void add_round_bf16(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
-                                          int64_t n) {
+FASTMAE_AVX512_TARGET void add_round_bf16_avx512(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
+                                                 int64_t n) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
   const __m512i quiet = _mm512_set1_epi32(0x40);
@@ -59,28 +116,60 @@ FASTMAE_AVX512_TARGET void add_round_bf16(const c10::BFloat16* src, const c10::B
   for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
 }
 
-// Backward sums of one grad_out row, in one pass: mask_acc[j] += g[j] (masked rows; may be null) and
-// pos_acc[j] += g[j] (may be null), each element one float32 add as in the portable loops.
 FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
 FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(widen_bf16(p));
 }
 
-template <typename GT>
-FASTMAE_AVX512_TARGET void accumulate_row(const GT* g, float* mask_acc, float* pos_acc, int64_t width) {
+struct AddPs {  // _mm512_add_ps for group_sum
+  FASTMAE_AVX512_TARGET void operator()(__m512* z, const __m512& x, const __m512& y) const { *z = _mm512_add_ps(x, y); }
+};
+
+// add_rows' columns [0, 16 * floor(width / 16)), 16 at a time; returns the first column it left.
+template <int N, Order kOrder, typename GT>
+FASTMAE_AVX512_TARGET int64_t add_rows_avx512(const GT* const* rows, float* acc, int64_t width) {
   int64_t j = 0;
   for (; j + 16 <= width; j += 16) {
-    const __m512 v = load16_as_float(g + j);
-    if (mask_acc != nullptr) _mm512_storeu_ps(mask_acc + j, _mm512_add_ps(_mm512_loadu_ps(mask_acc + j), v));
-    if (pos_acc != nullptr) _mm512_storeu_ps(pos_acc + j, _mm512_add_ps(_mm512_loadu_ps(pos_acc + j), v));
+    __m512 v[N];
+    for (int i = 0; i < N; ++i) v[i] = load16_as_float(rows[i] + j);
+    __m512 sum;
+    group_sum<N, kOrder>(v, &sum, AddPs{});
+    _mm512_storeu_ps(acc + j, _mm512_add_ps(_mm512_loadu_ps(acc + j), sum));
   }
-  for (; j < width; ++j) {
-    const float v = load_as<float>(g[j]);
-    if (mask_acc != nullptr) mask_acc[j] += v;
-    if (pos_acc != nullptr) pos_acc[j] += v;
-  }
+  return j;
 }
 #endif
+
+// acc[j] += the group_sum of rows[0..N)[j] for j < width.
+template <int N, Order kOrder, typename GT>
+[[gnu::always_inline]] inline void add_rows(const GT* const* rows, float* acc, int64_t width) {
+  int64_t j = 0;
+#if defined(FASTMAE_AVX512_PATH)
+  if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
+    if (avx512_path()) j = add_rows_avx512<N, kOrder>(rows, acc, width);
+  }
+#endif
+  const auto add = [](float* z, float x, float y) { *z = x + y; };
+#pragma GCC ivdep  // acc is a float32 accumulator, never one of the rows: no dependence between columns
+  for (; j < width; ++j) {
+    float v[N];
+    for (int i = 0; i < N; ++i) v[i] = load_as<float>(rows[i][j]);
+    float sum;
+    group_sum<N, kOrder>(v, &sum, add);
+    acc[j] += sum;
+  }
+}
+
+template <Order kOrder, typename GT>
+[[gnu::always_inline]] inline void add_rows(const GT* const* rows, int n, float* acc, int64_t width) {
+  switch (n) {
+    case 4: return add_rows<4, kOrder>(rows, acc, width);
+    case 3: return add_rows<3, kOrder>(rows, acc, width);
+    case 2: return add_rows<2, kOrder>(rows, acc, width);
+    case 1: return add_rows<1, kOrder>(rows, acc, width);
+    default: return;
+  }
+}
 
 // Output rows [begin, end) of (B, 1+L) (one parallel task).
 template <typename XT, typename OT>
@@ -106,14 +195,21 @@ FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_da
       }
     } else {
       const OT* pos_row = pos_data + r * width;
-#if defined(FASTMAE_AVX512_PATH)
       if constexpr (std::is_same_v<XT, c10::BFloat16> && std::is_same_v<OT, c10::BFloat16>) {
+#if defined(FASTMAE_AVX512_PATH)
         if (avx512_path()) {
-          add_round_bf16(src, pos_row, dst, width);
+          add_round_bf16_avx512(src, pos_row, dst, width);
           continue;
         }
-      }
 #endif
+#if defined(FASTMAE_AVX2_PATH)
+        if (avx2_path()) {
+          add_round_bf16_avx2(src, pos_row, dst, width);
+          continue;
+        }
+#endif
+      }
+#pragma GCC ivdep  // the output is a fresh tensor: it overlaps neither input
       for (int64_t j = 0; j < width; ++j) {
         dst[j] = store_as<OT>(load_as<Op>(src[j]) + load_as<Op>(pos_row[j]));
       }
@@ -180,48 +276,56 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
   return out;
 }
 
-// Backward row tasks [begin, end) of kRowsPerTask rows each, over every sample (one parallel task).
+// Row r of sample b: grad_x_vis's row for a kept (or cls) row, a copy of grad_out's; returns whether the row
+// is a mask token's (no grad_x_vis row).
+template <typename GT, typename XT>
+[[gnu::always_inline]] inline bool scatter_row(const GT* g_row, const int64_t* id, XT* gx, int64_t b, int64_t r,
+                                               int64_t length, int64_t visible, int64_t width) {
+  const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
+  if (r > 0 && slot >= visible) return true;
+  if (gx != nullptr) {
+    XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
+    if constexpr (std::is_same_v<GT, XT>) {
+      std::memcpy(dst, g_row, width * sizeof(XT));
+    } else {
+      for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
+    }
+  }
+  return false;
+}
+
+// Rows [r0, r1) of the n samples from b0: the grad_x_vis rows, the pos_embed sums (all n rows) and the
+// mask-token sums (the masked ones).
+template <typename GT, typename XT>
+[[gnu::always_inline]] inline void backward_group(const GT* g, const int64_t* id, XT* gx, float* mask_acc,
+                                                  float* pos_sum, int64_t b0, int n, int64_t r0, int64_t r1,
+                                                  int64_t rows, int64_t width, int64_t visible) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const GT* g_rows[kSamplesPerGroup];
+    const GT* masked_rows[kSamplesPerGroup];
+    int masked = 0;
+    for (int i = 0; i < n; ++i) {
+      g_rows[i] = g + ((b0 + i) * rows + r) * width;
+      if (scatter_row(g_rows[i], id, gx, b0 + i, r, rows - 1, visible, width)) masked_rows[masked++] = g_rows[i];
+    }
+    if (mask_acc != nullptr) add_rows<Order::kSequential>(masked_rows, masked, mask_acc, width);
+    if (pos_sum != nullptr) add_rows<Order::kPairwise>(g_rows, n, pos_sum + r * width, width);
+  }
+}
+
+// Backward row tasks [begin, end) of kRowsPerTask rows each, over every sample (one parallel task). Samples
+// go in groups of kSamplesPerGroup, group-major, so grad_out is read in memory order (N streams at once)
+// and each sum adds the groups in ascending order: a fixed order for any thread count.
 template <typename GT, typename XT>
 FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id, XT* gx, float* mask_partials,
                                                  float* pos_sum, int64_t batch, int64_t rows, int64_t width,
                                                  int64_t visible, int64_t begin, int64_t end) {
-  const int64_t length = rows - 1;
-  [[maybe_unused]] const bool wide = avx512_path();
-  // sample-major, so grad_out is read in memory order; each sum still adds the samples in ascending order
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b0 = 0; b0 < batch; b0 += kSamplesPerGroup) {
+    const int group = static_cast<int>(std::min<int64_t>(kSamplesPerGroup, batch - b0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
       float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
-      for (int64_t r = r0; r < r1; ++r) {
-        const GT* g_row = g + (b * rows + r) * width;
-        float* mask_acc_row = mask_acc;
-        const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
-        const bool masked = r > 0 && slot >= visible;
-        if (gx != nullptr && !masked) {
-          XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
-          if constexpr (std::is_same_v<GT, XT>) {
-            std::memcpy(dst, g_row, width * sizeof(XT));
-          } else {
-            for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
-          }
-        }
-        float* pos_acc = pos_sum != nullptr ? pos_sum + r * width : nullptr;
-        if (!masked) mask_acc_row = nullptr;
-#if defined(FASTMAE_AVX512_PATH)
-        if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
-          if (wide) {
-            accumulate_row(g_row, mask_acc_row, pos_acc, width);
-            continue;
-          }
-        }
-#endif
-        if (mask_acc_row != nullptr) {
-          for (int64_t j = 0; j < width; ++j) mask_acc_row[j] += load_as<float>(g_row[j]);
-        }
-        if (pos_acc != nullptr) {
-          for (int64_t j = 0; j < width; ++j) pos_acc[j] += load_as<float>(g_row[j]);
-        }
-      }
+      backward_group(g, id, gx, mask_acc, pos_sum, b0, group, r0, r1, rows, width, visible);
     }
   }
 }
