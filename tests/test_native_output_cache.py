@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import native_skip_reason
 from op_testing import assert_bitwise_equal
 
