@@ -57,6 +57,14 @@ def native_skip_reason(device: torch.device) -> str | None:
     return None
 
 
+@pytest.fixture
+def native_cpu() -> None:
+    """Skips a test of the native CPU library itself when it is not built (on CI a missing library fails)."""
+    reason = native_skip_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request: pytest.FixtureRequest) -> None:
     """Fresh random inputs per test, reproducible from the test's name (seeds CUDA too, without a query)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import native_skip_reason
 from op_testing import assert_bitwise_equal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,11 +20,7 @@ PATCH = 16
 LENGTH = (448 // PATCH) ** 2
 
 
-@pytest.fixture(autouse=True)
-def _native_only() -> None:
-    reason = native_skip_reason(torch.device("cpu"))
-    if reason is not None:
-        pytest.skip(reason)
+pytestmark = pytest.mark.usefixtures("native_cpu")
 
 
 def scatter(grad: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
