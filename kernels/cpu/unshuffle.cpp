@@ -140,6 +140,32 @@ FASTMAE_AVX512_TARGET int64_t add_rows_avx512(const GT* const* rows, float* acc,
 }
 #endif
 
+#if defined(FASTMAE_AVX2_PATH)
+FASTMAE_AVX2_TARGET inline __m256 load8_as_float(const float* p) { return _mm256_loadu_ps(p); }
+FASTMAE_AVX2_TARGET inline __m256 load8_as_float(const c10::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+struct AddPs256 {  // _mm256_add_ps for group_sum
+  FASTMAE_AVX2_TARGET void operator()(__m256* z, const __m256& x, const __m256& y) const { *z = _mm256_add_ps(x, y); }
+};
+
+// add_rows_avx512 with 8 lanes.
+template <int N, Order kOrder, typename GT>
+FASTMAE_AVX2_TARGET int64_t add_rows_avx2(const GT* const* rows, float* acc, int64_t width) {
+  int64_t j = 0;
+  for (; j + 8 <= width; j += 8) {
+    __m256 v[N];
+    for (int i = 0; i < N; ++i) v[i] = load8_as_float(rows[i] + j);
+    __m256 sum;
+    group_sum<N, kOrder>(v, &sum, AddPs256{});
+    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), sum));
+  }
+  return j;
+}
+#endif
+
 // acc[j] += the group_sum of rows[0..N)[j] for j < width.
 template <int N, Order kOrder, typename GT>
 [[gnu::always_inline]] inline void add_rows(const GT* const* rows, float* acc, int64_t width) {
@@ -147,6 +173,11 @@ template <int N, Order kOrder, typename GT>
 #if defined(FASTMAE_AVX512_PATH)
   if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
     if (avx512_path()) j = add_rows_avx512<N, kOrder>(rows, acc, width);
+  }
+#endif
+#if defined(FASTMAE_AVX2_PATH)
+  if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
+    if (j == 0 && avx2_path()) j = add_rows_avx2<N, kOrder>(rows, acc, width);
   }
 #endif
   const auto add = [](float* z, float x, float y) { *z = x + y; };
