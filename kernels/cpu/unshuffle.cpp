@@ -59,6 +59,26 @@ template <int N, Order kOrder, typename V, typename Add>
   }
 }
 
+// add_rows' SIMD body for one ISA (register VEC of LANES floats; LOAD widens LANES row elements to it):
+// columns [0, LANES * floor(width / LANES)) with group_sum's association; returns the first column it left.
+// Stamped once per ISA, as the RGB16 kernels are, so that the intrinsics inline into code of their target.
+#define FASTMAE_ADD_ROWS_KERNEL(ISA, TARGET, VEC, LANES, LOAD, ADD, LOADU, STOREU)                      \
+  struct Add_##ISA {                                                                                   \
+    TARGET void operator()(VEC* z, const VEC& x, const VEC& y) const { *z = ADD(x, y); }              \
+  };                                                                                                   \
+  template <int N, Order kOrder, typename GT>                                                          \
+  TARGET int64_t add_rows_##ISA(const GT* const* rows, float* acc, int64_t width) {                   \
+    int64_t j = 0;                                                                                     \
+    for (; j + LANES <= width; j += LANES) {                                                           \
+      VEC v[N];                                                                                        \
+      for (int i = 0; i < N; ++i) v[i] = LOAD(rows[i] + j);                                            \
+      VEC sum;                                                                                         \
+      group_sum<N, kOrder>(v, &sum, Add_##ISA{});                                                      \
+      STOREU(acc + j, ADD(LOADU(acc + j), sum));                                                       \
+    }                                                                                                  \
+    return j;                                                                                          \
+  }
+
 #if defined(FASTMAE_AVX2_PATH)
 // add_round_bf16_avx512 with AVX2, 16 elements at a time. Interleaving zeros below the bf16 values widens
 // them to float32 in a lane order (0-3 and 8-11, then 4-7 and 12-15) that the saturating pack undoes, so no
@@ -121,23 +141,8 @@ FASTMAE_AVX512_TARGET inline __m512 load16_as_float(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(widen_bf16(p));
 }
 
-struct AddPs {  // _mm512_add_ps for group_sum
-  FASTMAE_AVX512_TARGET void operator()(__m512* z, const __m512& x, const __m512& y) const { *z = _mm512_add_ps(x, y); }
-};
-
-// add_rows' columns [0, 16 * floor(width / 16)), 16 at a time; returns the first column it left.
-template <int N, Order kOrder, typename GT>
-FASTMAE_AVX512_TARGET int64_t add_rows_avx512(const GT* const* rows, float* acc, int64_t width) {
-  int64_t j = 0;
-  for (; j + 16 <= width; j += 16) {
-    __m512 v[N];
-    for (int i = 0; i < N; ++i) v[i] = load16_as_float(rows[i] + j);
-    __m512 sum;
-    group_sum<N, kOrder>(v, &sum, AddPs{});
-    _mm512_storeu_ps(acc + j, _mm512_add_ps(_mm512_loadu_ps(acc + j), sum));
-  }
-  return j;
-}
+FASTMAE_ADD_ROWS_KERNEL(avx512, FASTMAE_AVX512_TARGET, __m512, 16, load16_as_float, _mm512_add_ps, _mm512_loadu_ps,
+                        _mm512_storeu_ps)
 #endif
 
 #if defined(FASTMAE_AVX2_PATH)
@@ -147,24 +152,10 @@ FASTMAE_AVX2_TARGET inline __m256 load8_as_float(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
-struct AddPs256 {  // _mm256_add_ps for group_sum
-  FASTMAE_AVX2_TARGET void operator()(__m256* z, const __m256& x, const __m256& y) const { *z = _mm256_add_ps(x, y); }
-};
-
-// add_rows_avx512 with 8 lanes.
-template <int N, Order kOrder, typename GT>
-FASTMAE_AVX2_TARGET int64_t add_rows_avx2(const GT* const* rows, float* acc, int64_t width) {
-  int64_t j = 0;
-  for (; j + 8 <= width; j += 8) {
-    __m256 v[N];
-    for (int i = 0; i < N; ++i) v[i] = load8_as_float(rows[i] + j);
-    __m256 sum;
-    group_sum<N, kOrder>(v, &sum, AddPs256{});
-    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), sum));
-  }
-  return j;
-}
+FASTMAE_ADD_ROWS_KERNEL(avx2, FASTMAE_AVX2_TARGET, __m256, 8, load8_as_float, _mm256_add_ps, _mm256_loadu_ps,
+                        _mm256_storeu_ps)
 #endif
+#undef FASTMAE_ADD_ROWS_KERNEL
 
 // acc[j] += the group_sum of rows[0..N)[j] for j < width.
 template <int N, Order kOrder, typename GT>
