@@ -112,7 +112,7 @@ def test_rectangular_patches_and_images(backend: str, device: torch.device) -> N
     assert_bitwise_equal(out, loop_gather(imgs, ids_keep, (4, 8)), "rectangular patches")
 
 
-# (tubelet, video shape (C, T, H, W)); width-16 RGB tubelets take the native CPU kernels' AVX-512 path
+# (tubelet, video shape (C, T, H, W)); width-16 RGB tubelets take the native CPU kernels' AVX-512 or AVX2 path
 VIDEO_CASES = [((2, 4, 4), (3, 6, 8, 12)), ((2, 16, 16), (3, 4, 32, 48))]
 
 

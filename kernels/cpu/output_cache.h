@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <list>
 #include <mutex>
-#include <string>
 
 #include "../geometry.h"
 
@@ -121,11 +120,12 @@ class OutputCache final : public c10::Allocator {
 // new_output (geometry.h) for outputs the kernel then writes in full: large ones from OutputCache.
 inline at::Tensor new_cpu_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (debug_checks_enabled()) return new_output(sizes, options);  // poisoned, from the default allocator
-  const size_t nbytes = c10::multiply_integers(sizes) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  OutputCache& cache = OutputCache::instance();
-  if (nbytes < OutputCache::kCachedBytes) return at::empty(sizes, options);
-  return at::Tensor(at::detail::empty_generic(sizes, &cache, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt));
+  const c10::ScalarType dtype = c10::typeMetaToScalarType(options.dtype());
+  if (c10::multiply_integers(sizes) * c10::elementSize(dtype) < OutputCache::kCachedBytes) {
+    return at::empty(sizes, options);
+  }
+  return at::Tensor(at::detail::empty_generic(sizes, &OutputCache::instance(),
+                                              c10::DispatchKeySet(c10::DispatchKey::CPU), dtype, std::nullopt));
 }
 
 }  // namespace fastmae_native

@@ -13,7 +13,6 @@
 #include <torch/library.h>
 
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "../geometry.h"
@@ -117,32 +116,33 @@ using PatchKernel = void (*)(const PatchGeometry&, const Bits*, Bits*);
 template <typename Bits>
 using LineKernel = void (*)(const PatchGeometry&, const Bits*, const int64_t*, int64_t, int, Bits*);
 
-// The kernels for this geometry: the permute interleave where it applies (ViT RGB patches of width 16 on an
-// AVX-512 or AVX2 CPU, 16/32-bit elements), else the portable loops. *streaming: whether the line kernel
-// streams its stores (then each task ends with a fence).
+// The kernels for one geometry: the gather's per-patch copy, the scatter's per-line write, and whether the
+// latter streams its stores (then each scatter task ends with a fence).
 template <typename Bits>
-std::pair<PatchKernel<Bits>, LineKernel<Bits>> pick_kernels(const PatchGeometry& g, bool* streaming) {
-  *streaming = false;
+struct Kernels {
+  PatchKernel<Bits> gather;
+  LineKernel<Bits> scatter;
+  bool streaming;
+};
+
+// The permute interleave where it applies (ViT RGB patches of width 16 on an AVX-512 or AVX2 CPU, 16/32-bit
+// elements), else the portable loops.
+template <typename Bits>
+Kernels<Bits> pick_kernels(const PatchGeometry& g) {
   if constexpr (sizeof(Bits) == 2 || sizeof(Bits) == 4) {
     if (g.chans == 3 && g.pw == 16) {
 #if defined(FASTMAE_AVX512_PATH)
-      if (avx512_path()) {
-        *streaming = true;
-        return {&gather_patch_rgb16_avx512<Bits>, &scatter_line_rgb16_avx512<Bits>};
-      }
+      if (avx512_path()) return {&gather_patch_rgb16_avx512<Bits>, &scatter_line_rgb16_avx512<Bits>, true};
 #endif
 #if defined(FASTMAE_AVX2_PATH)
-      if (avx2_path()) {
-        *streaming = true;
-        return {&gather_patch_rgb16_avx2<Bits>, &scatter_line_rgb16_avx2<Bits>};
-      }
+      if (avx2_path()) return {&gather_patch_rgb16_avx2<Bits>, &scatter_line_rgb16_avx2<Bits>, true};
 #endif
     }
   }
   switch (g.chans) {
-    case 1: return {&gather_patch<Bits, 1>, &scatter_line<Bits, 1>};
-    case 3: return {&gather_patch<Bits, 3>, &scatter_line<Bits, 3>};
-    default: return {&gather_patch<Bits, 0>, &scatter_line<Bits, 0>};
+    case 1: return {&gather_patch<Bits, 1>, &scatter_line<Bits, 1>, false};
+    case 3: return {&gather_patch<Bits, 3>, &scatter_line<Bits, 3>, false};
+    default: return {&gather_patch<Bits, 0>, &scatter_line<Bits, 0>, false};
   }
 }
 
@@ -169,8 +169,7 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
-  bool streaming;
-  const PatchKernel<Bits> copy_patch = pick_kernels<Bits>(g, &streaming).first;
+  const PatchKernel<Bits> copy_patch = pick_kernels<Bits>(g).gather;
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
     gather_rows<Bits>(copy_patch, g, src, id, keep, dst, begin, end);
   });
@@ -201,13 +200,12 @@ void scatter_patches(const PatchGeometry& g, const at::Tensor& grad, const std::
   const auto* src = static_cast<const Bits*>(grad.const_data_ptr());
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(g.gw * g.patch_dim(), 1));
-  bool streaming;
-  const LineKernel<Bits> write_line = pick_kernels<Bits>(g, &streaming).second;
+  const Kernels<Bits> kernels = pick_kernels<Bits>(g);
   at::parallel_for(0, g.batch * strips, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
-      scatter_strip<Bits>(write_line, g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
+      scatter_strip<Bits>(kernels.scatter, g, src, slot_of_patch.data(), keep, dst, n / strips, n % strips);
 #if defined(FASTMAE_AVX512_PATH) || defined(FASTMAE_AVX2_PATH)
-    if (streaming) _mm_sfence();  // streaming stores are weakly ordered: make them visible before the task ends
+    if (kernels.streaming) _mm_sfence();  // streaming stores are weakly ordered: make them visible before the task ends
 #endif
   });
 }

@@ -35,14 +35,14 @@ constexpr int64_t kRowsPerTask = 8;  // backward: rows per task; fixes the float
 // The backward sums one row r of a group of up to kSamplesPerGroup samples into a single addend per sum:
 // pos_embed's adds the group's rows pairwise ((g0 + g1) + (g2 + g3)), mask_token's adds the masked ones in
 // sample order (((g0 + g1) + g2) + g3). Summing a group in registers first divides the traffic to the float32
-// accumulator (1+L by d: in L2, not L1, at ViT-B) by the group size. The portable loop and the AVX-512 one
-// associate the adds the same way, so both give the same bits.
+// accumulator (1+L by d: in L2, not L1, at ViT-B) by the group size. The portable loop and the AVX2 and AVX-512
+// bodies associate the adds the same way, so all give the same bits.
 constexpr int kSamplesPerGroup = 4;
 
 enum class Order { kPairwise, kSequential };
 
-// *sum = the group's sum of v[0..N) in kOrder. V is float or an AVX-512 register, add(&z, x, y) sets z = x + y
-// (through pointers and references: no vector passes by value through this non-AVX-512 template).
+// *sum = the group's sum of v[0..N) in kOrder. V is float or a SIMD register, add(&z, x, y) sets z = x + y
+// (through pointers and references: no vector passes by value through this untargeted template).
 template <int N, Order kOrder, typename V, typename Add>
 [[gnu::always_inline]] inline void group_sum(const V* v, V* sum, Add add) {
   static_assert(N >= 1 && N <= 4);
@@ -168,7 +168,7 @@ template <int N, Order kOrder, typename GT>
 #endif
 #if defined(FASTMAE_AVX2_PATH)
   if constexpr (std::is_same_v<GT, float> || std::is_same_v<GT, c10::BFloat16>) {
-    if (j == 0 && avx2_path()) j = add_rows_avx2<N, kOrder>(rows, acc, width);
+    if (j == 0 && avx2_path()) j = add_rows_avx2<N, kOrder>(rows, acc, width);  // AVX-512 did none
   }
 #endif
   const auto add = [](float* z, float x, float y) { *z = x + y; };
