@@ -85,6 +85,17 @@ def test_matches_reference(backend: str, case: tuple, dtype: torch.dtype, device
     check_forward_backward(imgs, random_ids(batch, num_patches, num_keep, device), patch)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_native_gather_of_a_large_output(use_backend, dtype: torch.dtype) -> None:  # type: ignore[no-untyped-def]
+    """A ViT-B/16 batch whose kept patches fill over 1 MiB: the native CPU gather streams its stores from
+    there (kernels/cpu/patchify_gather.cpp, kStreamMinBytes); forward and backward stay bitwise."""
+    use_backend("native", debug=True)
+    imgs = torch.randn(16, 3, 224, 224).to(dtype)
+    ids_keep = random_ids(16, 196, 49, imgs.device)
+    assert 16 * 49 * 768 * imgs.element_size() >= 1 << 20
+    check_forward_backward(imgs, ids_keep, 16)
+
+
 def test_patch_of_several_programs(backend: str, device: torch.device) -> None:
     """P = 3072 > 2048: two programs per patch, which address the image in the row's order (not in the device
     check's selection: its compiles are counted there)."""

@@ -21,8 +21,20 @@ namespace fastmae_native {
 // Blend immediates of run k' into an output (or out of one, in the scatter): the lanes p with p % 3 == s.
 constexpr int kLanes0 = 0x49, kLanes1 = 0x92, kLanes2 = 0x24;  // p in {0, 3, 6}, {1, 4, 7}, {2, 5}
 
+// Stores v at p (32-byte aligned when kStream): a streaming store writes the line without reading it first
+// and past the caches, for outputs too large to stay in them.
+template <bool kStream>
+FASTMAE_AVX2_TARGET inline void store_out(void* p, __m256i v) {
+  if constexpr (kStream) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+}
+
 // 32-bit elements -------------------------------------------------------------------------------------
 
+template <bool kStream>
 FASTMAE_AVX2_TARGET inline void interleave3x8(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2,
                                               uint32_t* out) {
   const __m256i a = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0)),
@@ -31,16 +43,17 @@ FASTMAE_AVX2_TARGET inline void interleave3x8(const uint32_t* r0, const uint32_t
                                                 _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2));
   const __m256i c = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r2)),
                                                 _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
-  auto* o = reinterpret_cast<__m256i*>(out);
-  _mm256_storeu_si256(o, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes1), c, kLanes2));
-  _mm256_storeu_si256(o + 1, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes2), c, kLanes0));
-  _mm256_storeu_si256(o + 2, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes0), c, kLanes1));
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  store_out<kStream>(o, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes1), c, kLanes2));
+  store_out<kStream>(o + 1, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes2), c, kLanes0));
+  store_out<kStream>(o + 2, _mm256_blend_epi32(_mm256_blend_epi32(a, b, kLanes0), c, kLanes1));
 }
 
+template <bool kStream>
 FASTMAE_AVX2_TARGET inline void interleave3x16_avx2(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2,
                                                     uint32_t* out) {
-  interleave3x8(r0, r1, r2, out);
-  interleave3x8(r0 + 8, r1 + 8, r2 + 8, out + 24);
+  interleave3x8<kStream>(r0, r1, r2, out);
+  interleave3x8<kStream>(r0 + 8, r1 + 8, r2 + 8, out + 24);
 }
 
 // Stores v at run (32 bytes), -0.0 made +0.0 (positive_zero in patchify_gather.cpp); streaming when aligned:
@@ -86,6 +99,7 @@ FASTMAE_AVX2_TARGET inline void deinterleave3x16_avx2(const uint32_t* row, int c
                    2 * i1, 2 * i1 + 1, 2 * i2, 2 * i2 + 1, 2 * i3, 2 * i3 + 1, 2 * i4, 2 * i4 + 1, 2 * i5,     \
                    2 * i5 + 1, 2 * i6, 2 * i6 + 1, 2 * i7, 2 * i7 + 1)
 
+template <bool kStream>
 FASTMAE_AVX2_TARGET inline void interleave3x16_avx2(const uint16_t* r0, const uint16_t* r1, const uint16_t* r2,
                                                     uint16_t* out) {
   // lane 0 holds pixels 0-7, lane 1 pixels 8-15: y_s = [o_s of pixels 0-7 | o_s of pixels 8-15]
@@ -98,10 +112,10 @@ FASTMAE_AVX2_TARGET inline void interleave3x16_avx2(const uint16_t* r0, const ui
   const __m256i y0 = _mm256_blend_epi16(_mm256_blend_epi16(a, b, kLanes1), c, kLanes2);
   const __m256i y1 = _mm256_blend_epi16(_mm256_blend_epi16(a, b, kLanes2), c, kLanes0);
   const __m256i y2 = _mm256_blend_epi16(_mm256_blend_epi16(a, b, kLanes0), c, kLanes1);
-  auto* o = reinterpret_cast<__m256i*>(out);  // o0 o1 | o2 o3 | o4 o5 (o3..o5: pixels 8-15)
-  _mm256_storeu_si256(o, _mm256_permute2x128_si256(y0, y1, 0x20));
-  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(y2, y0, 0x30));
-  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(y1, y2, 0x31));
+  __m256i* o = reinterpret_cast<__m256i*>(out);  // o0 o1 | o2 o3 | o4 o5 (o3..o5: pixels 8-15)
+  store_out<kStream>(o, _mm256_permute2x128_si256(y0, y1, 0x20));
+  store_out<kStream>(o + 1, _mm256_permute2x128_si256(y2, y0, 0x30));
+  store_out<kStream>(o + 2, _mm256_permute2x128_si256(y1, y2, 0x31));
 }
 
 FASTMAE_AVX2_TARGET inline void deinterleave3x16_avx2(const uint16_t* row, int c, uint16_t* run) {

@@ -50,18 +50,33 @@ inline const InterleaveTables& interleave_tables() {
   return tables;
 }
 
-// 32-bit elements: three 16-element runs -> 48 interleaved elements.
+// The gather's stores of 64 interleaved bytes at p; kStream (see store_out in interleave_avx2.h): streaming,
+// p 64-byte aligned.
+template <bool kStream>
+FASTMAE_AVX512_TARGET inline void store_out(void* p, __m512i v) {
+  if constexpr (kStream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  } else {
+    _mm512_storeu_si512(p, v);
+  }
+}
+
+// 32-bit elements: three 16-element runs -> 48 interleaved elements (192 bytes: 64-byte aligned outputs stay
+// aligned row after row).
+template <bool kStream>
 FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2,
                                                         uint32_t* out) {
   const InterleaveTables& t = interleave_tables();
   const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1), c = _mm512_loadu_si512(r2);
   for (int v = 0; v < 3; ++v) {
     const __m512i ab = _mm512_permutex2var_epi32(a, _mm512_load_si512(t.gather_a[v]), b);
-    _mm512_storeu_si512(out + 16 * v, _mm512_permutex2var_epi32(ab, _mm512_load_si512(t.gather_b[v]), c));
+    store_out<kStream>(out + 16 * v, _mm512_permutex2var_epi32(ab, _mm512_load_si512(t.gather_b[v]), c));
   }
 }
 
-// 16-bit elements: the same, one permute per output part.
+// 16-bit elements: the same, one permute per output part. A 96-byte row is 64-byte aligned every other row,
+// so the streaming version stores 32-byte parts (aligned when the output is).
+template <bool kStream>
 FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint16_t* r0, const uint16_t* r1, const uint16_t* r2,
                                                         uint16_t* out) {
   const InterleaveTables& t = interleave_tables();
@@ -69,9 +84,17 @@ FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint16_t* r0, cons
       _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0))),
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1)), 1);
   const __m512i c = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r2)));
-  _mm512_storeu_si512(out, _mm512_permutex2var_epi16(ab, _mm512_load_si512(t.gather16[0]), c));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32),
-                      _mm512_castsi512_si256(_mm512_permutex2var_epi16(ab, _mm512_load_si512(t.gather16[1]), c)));
+  const __m512i head = _mm512_permutex2var_epi16(ab, _mm512_load_si512(t.gather16[0]), c);
+  const __m256i tail = _mm512_castsi512_si256(_mm512_permutex2var_epi16(ab, _mm512_load_si512(t.gather16[1]), c));
+  auto* o = reinterpret_cast<__m256i*>(out);
+  if constexpr (kStream) {
+    _mm256_stream_si256(o, _mm512_castsi512_si256(head));
+    _mm256_stream_si256(o + 1, _mm512_extracti64x4_epi64(head, 1));
+    _mm256_stream_si256(o + 2, tail);
+  } else {
+    _mm512_storeu_si512(out, head);
+    _mm256_storeu_si256(o + 2, tail);
+  }
 }
 
 // Channel c's 16-element run out of a 48-element channel-last row, -0.0 turned into +0.0 (see
