@@ -89,6 +89,16 @@ def test_matches_reference(  # type: ignore[no-untyped-def]
     check_against_reference(*inputs, upstream=upstream)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_native_backward_of_a_large_grad_x_vis(use_backend, dtype: torch.dtype) -> None:  # type: ignore[no-untyped-def]
+    """The ViT-B decoder at batch 24: grad_x_vis fills over 1 MiB, so the native CPU backward streams its rows
+    (kernels/cpu/streaming_stores.h); it stays a bitwise scatter, the sums within the dtype rule."""
+    use_backend("native", debug=True)
+    inputs = make_inputs(24, 196, 49, 512, dtype, dtype, dtype, device="cpu")
+    assert inputs[0].numel() * inputs[0].element_size() >= 1 << 20
+    check_against_reference(*inputs, upstream="weighted")
+
+
 @pytest.mark.parametrize("grads", [(True, False, False), (False, True, True), (False, False, True), (False,) * 3])
 def test_requires_grad_combinations(backend, grads, device) -> None:  # type: ignore[no-untyped-def]
     check_against_reference(*make_inputs(2, 11, 4, 12, BF16, F32, F32, grads, device=device), upstream="weighted")

@@ -7,7 +7,7 @@
 // bitwise equal to the reference. The forward is split over (sample, kept patch) pairs: inside a patch each
 // image row is a contiguous run per channel, the runs of patches a few ahead are prefetched, and the
 // NCHW -> channel-last reorder is the innermost loop. The backward writes the image in its own order. Both
-// stream their stores on the AVX-512 and AVX2 paths (the forward from kStreamMinBytes of output on).
+// stream their stores on the AVX-512 and AVX2 paths (the forward from streaming_stores.h's size on).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -22,6 +22,7 @@
 #include "interleave_avx512.h"
 #include "lanes.h"
 #include "prefetch_patch.h"
+#include "streaming_stores.h"
 
 namespace fastmae_native {
 namespace {
@@ -128,8 +129,7 @@ struct Kernels {
 };
 
 // The permute interleave where it applies (ViT RGB patches of width 16 on an AVX-512 or AVX2 CPU, 16/32-bit
-// elements), else the portable loops. stream_gather: the gather's output is 64-byte aligned and large enough
-// (see gather_patches) for streaming stores.
+// elements), else the portable loops. stream_gather: the gather's output may be streamed (stream_output).
 template <typename Bits>
 Kernels<Bits> pick_kernels(const PatchGeometry& g, bool stream_gather = false) {
   if constexpr (sizeof(Bits) == 2 || sizeof(Bits) == 4) {
@@ -153,15 +153,6 @@ Kernels<Bits> pick_kernels(const PatchGeometry& g, bool stream_gather = false) {
   }
 }
 
-// A streaming store must not be left pending when a parallel task ends: they are weakly ordered.
-inline void fence_streaming_stores(bool streamed) {
-#if defined(FASTMAE_AVX512_PATH) || defined(FASTMAE_AVX2_PATH)
-  if (streamed) _mm_sfence();
-#else
-  (void)streamed;
-#endif
-}
-
 // Output rows [begin, end) of (B*K): inside a patch each image row is a contiguous run per channel, the runs
 // of patches a few ahead are prefetched, and copy_patch does the NCHW -> channel-last reorder.
 template <typename Bits>
@@ -177,11 +168,6 @@ void gather_rows(PatchKernel<Bits> copy_patch, const PatchGeometry& g, const Bit
   }
 }
 
-// The gather streams outputs from this size on: larger than a core's L2, they would leave the caches before
-// the patch embedding reads them, and a streaming store saves each line's read for ownership (1.2-1.25x on
-// the ViT-B batch on an AVX2 CPU; the gather followed by the embedding's matrix product 1.02-1.03x).
-constexpr int64_t kStreamMinBytes = int64_t(1) << 20;
-
 template <typename Bits>
 void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Tensor& ids, at::Tensor& out) {
   const int64_t keep = ids.size(1);
@@ -190,8 +176,9 @@ void gather_patches(const PatchGeometry& g, const at::Tensor& imgs, const at::Te
   auto* dst = static_cast<Bits*>(out.mutable_data_ptr());
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(patch_dim, 1));
-  const bool stream = out.nbytes() >= kStreamMinBytes && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
-  const Kernels<Bits> kernels = pick_kernels<Bits>(g, stream);
+  // streaming saves each output line's read for ownership: 1.2-1.25x on the ViT-B batch on an AVX2 CPU, and
+  // 1.02-1.03x for the gather followed by the patch embedding's matrix product (docs/native.md)
+  const Kernels<Bits> kernels = pick_kernels<Bits>(g, stream_output(dst, out.nbytes()));
   at::parallel_for(0, g.batch * keep, grain, [&](int64_t begin, int64_t end) {
     gather_rows<Bits>(kernels.gather, g, src, id, keep, dst, begin, end);
     fence_streaming_stores(kernels.gather_streams);

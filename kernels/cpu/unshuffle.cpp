@@ -26,6 +26,7 @@
 #include "simd_path.h"
 #include "output_cache.h"
 #include "lanes.h"
+#include "streaming_stores.h"
 
 namespace fastmae_native {
 namespace {
@@ -298,17 +299,17 @@ at::Tensor unshuffle_with_mask_token_cpu(const at::Tensor& x_vis, const at::Tens
   return out;
 }
 
-// Row r of sample b: grad_x_vis's row for a kept (or cls) row, a copy of grad_out's; returns whether the row
-// is a mask token's (no grad_x_vis row).
+// Row r of sample b: grad_x_vis's row for a kept (or cls) row, a copy of grad_out's (streamed when `stream`);
+// returns whether the row is a mask token's (no grad_x_vis row).
 template <typename GT, typename XT>
-[[gnu::always_inline]] inline bool scatter_row(const GT* g_row, const int64_t* id, XT* gx, int64_t b, int64_t r,
-                                               int64_t length, int64_t visible, int64_t width) {
+[[gnu::always_inline]] inline bool scatter_row(const GT* g_row, const int64_t* id, XT* gx, bool stream, int64_t b,
+                                               int64_t r, int64_t length, int64_t visible, int64_t width) {
   const int64_t slot = r == 0 ? -1 : id[b * length + r - 1];
   if (r > 0 && slot >= visible) return true;
   if (gx != nullptr) {
     XT* dst = gx + (b * (visible + 1) + (r == 0 ? 0 : 1 + slot)) * width;
     if constexpr (std::is_same_v<GT, XT>) {
-      std::memcpy(dst, g_row, width * sizeof(XT));
+      copy_row(dst, g_row, width * sizeof(XT), stream);
     } else {
       for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<XT>(g_row[j]);
     }
@@ -319,7 +320,7 @@ template <typename GT, typename XT>
 // Rows [r0, r1) of the n samples from b0: the grad_x_vis rows, the pos_embed sums (all n rows) and the
 // mask-token sums (the masked ones).
 template <typename GT, typename XT>
-[[gnu::always_inline]] inline void backward_group(const GT* g, const int64_t* id, XT* gx, float* mask_acc,
+[[gnu::always_inline]] inline void backward_group(const GT* g, const int64_t* id, XT* gx, bool stream, float* mask_acc,
                                                   float* pos_sum, int64_t b0, int n, int64_t r0, int64_t r1,
                                                   int64_t rows, int64_t width, int64_t visible) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -328,7 +329,7 @@ template <typename GT, typename XT>
     int masked = 0;
     for (int i = 0; i < n; ++i) {
       g_rows[i] = g + ((b0 + i) * rows + r) * width;
-      if (scatter_row(g_rows[i], id, gx, b0 + i, r, rows - 1, visible, width)) masked_rows[masked++] = g_rows[i];
+      if (scatter_row(g_rows[i], id, gx, stream, b0 + i, r, rows - 1, visible, width)) masked_rows[masked++] = g_rows[i];
     }
     if (mask_acc != nullptr) add_rows<Order::kSequential>(masked_rows, masked, mask_acc, width);
     if (pos_sum != nullptr) add_rows<Order::kPairwise>(g_rows, n, pos_sum + r * width, width);
@@ -339,7 +340,7 @@ template <typename GT, typename XT>
 // go in groups of kSamplesPerGroup, group-major, so grad_out is read in memory order (N streams at once)
 // and each sum adds the groups in ascending order: a fixed order for any thread count.
 template <typename GT, typename XT>
-FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id, XT* gx, float* mask_partials,
+FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id, XT* gx, bool stream, float* mask_partials,
                                                  float* pos_sum, int64_t batch, int64_t rows, int64_t width,
                                                  int64_t visible, int64_t begin, int64_t end) {
   for (int64_t b0 = 0; b0 < batch; b0 += kSamplesPerGroup) {
@@ -347,7 +348,7 @@ FASTMAE_ISA_CLONES void unshuffle_backward_tasks(const GT* g, const int64_t* id,
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
       float* mask_acc = mask_partials != nullptr ? mask_partials + task * width : nullptr;
-      backward_group(g, id, gx, mask_acc, pos_sum, b0, group, r0, r1, rows, width, visible);
+      backward_group(g, id, gx, stream, mask_acc, pos_sum, b0, group, r0, r1, rows, width, visible);
     }
   }
 }
@@ -362,8 +363,13 @@ void unshuffle_backward_rows(const at::Tensor& grad, const at::Tensor& ids, int6
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   // small problems stay on one thread: waking the pool costs more than they take
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, batch * kRowsPerTask * width));
+  // grad_x_vis goes to the decoder embedding's matrix products, not read here: streamed when large
+  const bool stream = gx != nullptr && std::is_same_v<GT, XT> && can_stream_rows(width * sizeof(XT)) &&
+                      stream_output(gx, grad_x->nbytes());
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    unshuffle_backward_tasks<GT, XT>(g, id, gx, mask_partials, pos_sum, batch, rows, width, visible, begin, end);
+    unshuffle_backward_tasks<GT, XT>(g, id, gx, stream, mask_partials, pos_sum, batch, rows, width, visible, begin,
+                                     end);
+    fence_streaming_stores(stream);
   });
 }
 
