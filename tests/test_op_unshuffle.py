@@ -91,8 +91,9 @@ def test_matches_reference(  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 def test_native_backward_of_a_large_grad_x_vis(use_backend, dtype: torch.dtype) -> None:  # type: ignore[no-untyped-def]
-    """The ViT-B decoder at batch 24: grad_x_vis fills over 1 MiB, so the native CPU backward streams its rows
-    (kernels/cpu/streaming_stores.h); it stays a bitwise scatter, the sums within the dtype rule."""
+    """The ViT-B decoder at batch 24: the output and grad_x_vis fill over 1 MiB, so the native CPU kernels stream
+    them (kernels/cpu/streaming_stores.h: the bf16 forward, the backward's rows); the output stays bitwise,
+    grad_x_vis a bitwise scatter, the sums within the dtype rule."""
     use_backend("native", debug=True)
     inputs = make_inputs(24, 196, 49, 512, dtype, dtype, dtype, device="cpu")
     assert inputs[0].numel() * inputs[0].element_size() >= 1 << 20

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "simd_path.h"
+#include "streaming_stores.h"
 
 namespace fastmae_native {
 
@@ -20,17 +21,6 @@ namespace fastmae_native {
 
 // Blend immediates of run k' into an output (or out of one, in the scatter): the lanes p with p % 3 == s.
 constexpr int kLanes0 = 0x49, kLanes1 = 0x92, kLanes2 = 0x24;  // p in {0, 3, 6}, {1, 4, 7}, {2, 5}
-
-// Stores v at p (32-byte aligned when kStream): a streaming store writes the line without reading it first
-// and past the caches, for outputs too large to stay in them.
-template <bool kStream>
-FASTMAE_AVX2_TARGET inline void store_out(void* p, __m256i v) {
-  if constexpr (kStream) {
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
-  } else {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  }
-}
 
 // 32-bit elements -------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "simd_path.h"
+#include "streaming_stores.h"
 
 namespace fastmae_native {
 
@@ -48,17 +49,6 @@ struct InterleaveTables {
 inline const InterleaveTables& interleave_tables() {
   static const InterleaveTables tables;
   return tables;
-}
-
-// The gather's stores of 64 interleaved bytes at p; kStream (see store_out in interleave_avx2.h): streaming,
-// p 64-byte aligned.
-template <bool kStream>
-FASTMAE_AVX512_TARGET inline void store_out(void* p, __m512i v) {
-  if constexpr (kStream) {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
-  } else {
-    _mm512_storeu_si512(p, v);
-  }
 }
 
 // 32-bit elements: three 16-element runs -> 48 interleaved elements (192 bytes: 64-byte aligned outputs stay

@@ -29,11 +29,32 @@ inline void fence_streaming_stores(bool streamed) {
 #endif
 }
 
+// Stores v at p: streaming when kStream (then p is aligned to the register's size), else a plain unaligned
+// store. The kernels' explicit SIMD bodies take kStream as a template argument.
 #if defined(FASTMAE_AVX2_PATH)
+template <bool kStream>
+FASTMAE_AVX2_TARGET inline void store_out(void* p, __m256i v) {
+  if constexpr (kStream) {
+    _mm256_stream_si256(static_cast<__m256i*>(p), v);
+  } else {
+    _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+  }
+}
+
 FASTMAE_AVX2_TARGET inline void stream_copy_avx2(void* dst, const void* src, int64_t bytes) {
   auto* out = static_cast<__m256i*>(dst);
   const auto* in = static_cast<const __m256i*>(src);
-  for (int64_t k = 0; k < bytes / 32; ++k) _mm256_stream_si256(out + k, _mm256_loadu_si256(in + k));
+  for (int64_t k = 0; k < bytes / 32; ++k) store_out<true>(out + k, _mm256_loadu_si256(in + k));
+}
+#endif
+#if defined(FASTMAE_AVX512_PATH)
+template <bool kStream>
+FASTMAE_AVX512_TARGET inline void store_out(void* p, __m512i v) {
+  if constexpr (kStream) {
+    _mm512_stream_si512(static_cast<__m512i*>(p), v);
+  } else {
+    _mm512_storeu_si512(p, v);
+  }
 }
 #endif
 

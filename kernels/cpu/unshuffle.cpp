@@ -84,6 +84,7 @@ template <int N, Order kOrder, typename V, typename Add>
 // add_round_bf16_avx512 with AVX2, 16 elements at a time. Interleaving zeros below the bf16 values widens
 // them to float32 in a lane order (0-3 and 8-11, then 4-7 and 12-15) that the saturating pack undoes, so no
 // cross-lane step is needed; NaN sums take the quiet upper half, as store_as does.
+template <bool kStream>
 FASTMAE_AVX2_TARGET void add_round_bf16_avx2(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
                                              int64_t n) {
   const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
@@ -104,7 +105,7 @@ FASTMAE_AVX2_TARGET void add_round_bf16_avx2(const c10::BFloat16* src, const c10
                                      _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b)));
     const __m256 high = _mm256_add_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a)),
                                       _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm256_packus_epi32(round(low), round(high)));
+    store_out<kStream>(dst + j, _mm256_packus_epi32(round(low), round(high)));
   }
   for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
 }
@@ -118,6 +119,7 @@ FASTMAE_AVX512_TARGET inline __m512i widen_bf16(const c10::BFloat16* p) {  // 16
   return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
 }
 
+template <bool kStream>
 FASTMAE_AVX512_TARGET void add_round_bf16_avx512(const c10::BFloat16* src, const c10::BFloat16* pos, c10::BFloat16* dst,
                                                  int64_t n) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
@@ -132,7 +134,7 @@ FASTMAE_AVX512_TARGET void add_round_bf16_avx512(const c10::BFloat16* src, const
         _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, bias), _mm512_and_si512(upper, one)), 16);
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, magnitude), inf);
     const __m512i out = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(upper, quiet));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm512_cvtepi32_epi16(out));
+    store_out<kStream>(dst + j, _mm512_cvtepi32_epi16(out));
   }
   for (; j < n; ++j) dst[j] = store_as<c10::BFloat16>(load_as<float>(src[j]) + load_as<float>(pos[j]));
 }
@@ -194,11 +196,12 @@ template <Order kOrder, typename GT>
   }
 }
 
-// Output rows [begin, end) of (B, 1+L) (one parallel task).
+// Output rows [begin, end) of (B, 1+L) (one parallel task); `stream`: the bf16 add's SIMD bodies stream
+// their stores (stream_output and can_stream_rows hold).
 template <typename XT, typename OT>
 FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_data, const int64_t* id,
                                             const OT* pos_data, OT* out_data, int64_t length, int64_t visible,
-                                            int64_t width, int64_t begin, int64_t end) {
+                                            int64_t width, bool stream, int64_t begin, int64_t end) {
   using Op = at::opmath_type<OT>;
   const int64_t rows = 1 + length;
   for (int64_t n = begin; n < end; ++n) {
@@ -221,13 +224,13 @@ FASTMAE_ISA_CLONES void unshuffle_row_range(const XT* x_data, const XT* token_da
       if constexpr (std::is_same_v<XT, c10::BFloat16> && std::is_same_v<OT, c10::BFloat16>) {
 #if defined(FASTMAE_AVX512_PATH)
         if (avx512_path()) {
-          add_round_bf16_avx512(src, pos_row, dst, width);
+          (stream ? add_round_bf16_avx512<true> : add_round_bf16_avx512<false>)(src, pos_row, dst, width);
           continue;
         }
 #endif
 #if defined(FASTMAE_AVX2_PATH)
         if (avx2_path()) {
-          add_round_bf16_avx2(src, pos_row, dst, width);
+          (stream ? add_round_bf16_avx2<true> : add_round_bf16_avx2<false>)(src, pos_row, dst, width);
           continue;
         }
 #endif
@@ -249,9 +252,15 @@ void unshuffle_rows(const at::Tensor& x, const at::Tensor& token, const at::Tens
   const int64_t* id = ids.const_data_ptr<int64_t>();
   const OT* pos_data = pos != nullptr ? pos->const_data_ptr<OT>() : nullptr;
   OT* out_data = out.mutable_data_ptr<OT>();
+  // the decoder input, streamed when large: the bf16 add with pos_embed (the ViT decoder's case) has the path
+  const bool stream = std::is_same_v<XT, c10::BFloat16> && std::is_same_v<OT, c10::BFloat16> &&
+                      pos_data != nullptr && can_stream_rows(width * sizeof(OT)) &&
+                      stream_output(out_data, out.nbytes());
   at::parallel_for(0, batch * (1 + length), std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)),
                    [&](int64_t begin, int64_t end) {
-    unshuffle_row_range<XT, OT>(x_data, token_data, id, pos_data, out_data, length, x.size(1) - 1, width, begin, end);
+    unshuffle_row_range<XT, OT>(x_data, token_data, id, pos_data, out_data, length, x.size(1) - 1, width, stream,
+                                begin, end);
+    fence_streaming_stores(stream);
   });
 }
 
