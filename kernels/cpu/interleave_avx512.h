@@ -78,9 +78,9 @@ FASTMAE_AVX512_TARGET inline void interleave3x16_avx512(const uint16_t* r0, cons
   const __m256i tail = _mm512_castsi512_si256(_mm512_permutex2var_epi16(ab, _mm512_load_si512(t.gather16[1]), c));
   auto* o = reinterpret_cast<__m256i*>(out);
   if constexpr (kStream) {
-    _mm256_stream_si256(o, _mm512_castsi512_si256(head));
-    _mm256_stream_si256(o + 1, _mm512_extracti64x4_epi64(head, 1));
-    _mm256_stream_si256(o + 2, tail);
+    store_out<true>(o, _mm512_castsi512_si256(head));
+    store_out<true>(o + 1, _mm512_extracti64x4_epi64(head, 1));
+    store_out<true>(o + 2, tail);
   } else {
     _mm512_storeu_si512(out, head);
     _mm256_storeu_si256(o + 2, tail);
